@@ -1,0 +1,109 @@
+//! Errors callers can act on.
+//!
+//! Rules for errors in this crate:
+//! - One enum for the engine ([`Error`]); lower layers (pack codec, index) have their own small
+//!   enums that convert into it with context attached, so a message always says *which* pack,
+//!   chunk, file or path was involved.
+//! - Variants are chosen by what a caller would do differently: retry later ([`Error::Locked`]),
+//!   fix the input ([`Error::InvalidInput`]), tell the user it is gone ([`Error::NotFound`]),
+//!   page an operator ([`Error::Corrupt`]). Everything else is [`Error::Io`] or
+//!   [`Error::Index`] with the operation named.
+//! - No error path panics; a panic in the engine is a bug.
+
+use std::io;
+use std::path::PathBuf;
+
+/// The result type of the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An error from the Tessera engine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file, version, key or chunk does not exist (or is deleted, for reads of live data).
+    #[error("not found: {what}")]
+    NotFound { what: String },
+
+    /// Another process (or another `Store` in this process) holds the store's lock.
+    #[error("store {path} is in use by another process (lock file is held)")]
+    Locked { path: PathBuf },
+
+    /// The directory is not a Tessera store, or was made by an incompatible version.
+    #[error("{path} is not a usable Tessera store: {reason}")]
+    NotAStore { path: PathBuf, reason: String },
+
+    /// The configuration asks for something the existing store cannot honour, e.g. other chunk
+    /// parameters than the ones the store was created with (that would defeat deduplication).
+    #[error("configuration does not match the store: {0}")]
+    ConfigMismatch(String),
+
+    /// The caller passed something the engine refuses: an empty key, a hostile name, a range past
+    /// the end of the file...
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// Stored data failed a checksum or structural check. `chunk` names the damaged chunk when
+    /// one is known.
+    #[error("corrupt data in {location}: {detail}")]
+    Corrupt {
+        location: String,
+        detail: String,
+        chunk: Option<String>,
+    },
+
+    /// An I/O operation failed; `context` says which one and on what.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The redb index failed.
+    #[error("index error while {context}: {detail}")]
+    Index { context: String, detail: String },
+}
+
+impl Error {
+    pub(crate) fn not_found(what: impl Into<String>) -> Self {
+        Error::NotFound { what: what.into() }
+    }
+
+    pub(crate) fn corrupt(location: impl Into<String>, detail: impl Into<String>) -> Self {
+        Error::Corrupt {
+            location: location.into(),
+            detail: detail.into(),
+            chunk: None,
+        }
+    }
+
+    /// True when the error reports damaged stored data rather than a failed operation.
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, Error::Corrupt { .. })
+    }
+
+    /// True when the underlying cause is a full disk (ENOSPC / EDQUOT).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// Attaches a description of the operation to an `io::Error`.
+pub(crate) trait IoContext<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn ctx(self, context: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            context: context(),
+            source,
+        })
+    }
+}

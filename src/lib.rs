@@ -1,0 +1,53 @@
+//! Tessera: an embedded file storage engine.
+//!
+//! Files are split into content-defined chunks (FastCDC), deduplicated by BLAKE3 hash,
+//! zstd-compressed and appended to pack files; a redb index tracks files, versions and chunks.
+//! A put is durable when it returns; a crash at any instant leaves a store that opens and holds
+//! every file whose put returned.
+//!
+//! ```
+//! use std::io::Read;
+//! use tessera::{Config, PutOptions, Store};
+//!
+//! # fn main() -> tessera::Result<()> {
+//! let dir = tempfile::tempdir().unwrap();
+//! let store = Store::create(dir.path().join("store"), Config::default())?;
+//!
+//! let put = store.put(&b"hello, tessera"[..], &PutOptions::key("greetings/hello.txt"))?;
+//! assert_eq!(put.file.mime, "text/plain");
+//!
+//! let mut text = String::new();
+//! store.get(put.file.id)?.read_to_string(&mut text).unwrap();
+//! assert_eq!(text, "hello, tessera");
+//!
+//! // A second put to the same key is a new version of the same file.
+//! let again = store.put(&b"hello again"[..], &PutOptions::key("greetings/hello.txt"))?;
+//! assert_eq!((again.file.id, again.file.version), (put.file.id, 2));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ARCHITECTURE.md maps the modules; docs/design.md has the on-disk formats and the commit
+//! protocol.
+
+pub mod chunking;
+pub mod clock;
+pub mod error;
+pub mod id;
+pub mod index;
+pub mod maintenance;
+pub mod pack;
+pub mod store;
+pub mod validate;
+
+pub use chunking::ChunkParams;
+pub use error::{Error, Result};
+pub use id::{ChunkId, FileId};
+pub use maintenance::progress::Progress;
+pub use maintenance::recover::{RecoverReport, recover};
+pub use maintenance::verify::{AffectedFile, DamagedChunk};
+pub use maintenance::verify::VerifyReport;
+pub use store::{
+    Config, FileInfo, FileReader, ListPage, ListQuery, PutOptions, PutReport, Store, StoreStats,
+    VersionInfo,
+};

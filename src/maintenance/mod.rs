@@ -1,0 +1,18 @@
+//! Maintenance: whole-store checks and repairs. `verify` re-reads everything and reports
+//! damage; `recover` rebuilds the index from the packs. (GC, purge, expiry and the scheduler
+//! will live here too: only maintenance ever deletes data.)
+
+pub mod progress;
+pub mod recover;
+pub mod verify;
+
+use serde::Serialize;
+
+/// Bytes in a pack that are not a valid record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DamagedRegion {
+    pub pack: u32,
+    pub offset: u64,
+    pub len: u64,
+    pub error: String,
+}

@@ -1,0 +1,232 @@
+//! `recover`: rebuild the index from the packs alone.
+//!
+//! Packs are replayed in id order and records in offset order, which is commit order: manifests
+//! and events are appended inside the index's write transaction. Revoked records (whose commit
+//! failed) are skipped. A torn tail of a pack is truncated; damage inside a pack is skipped and
+//! reported, and the versions that needed it show up in the next `verify`.
+//!
+//! The new index is built beside the old one and renamed into place, so a crash during recovery
+//! leaves the old index (if any) untouched. The old index is kept as `index.redb.bak-<ms>`.
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::DamagedRegion;
+use super::progress::Progress;
+use crate::error::{Error, IoContext, Result};
+use crate::id::ChunkId;
+use crate::index::{ChunkRow, Index};
+use crate::pack::manifest::{FileEvent, Manifest};
+use crate::pack::record::{self, RecordKind, ScanItem};
+use crate::pack::storage::{FsPackStorage, PackStorage, sync_dir};
+use crate::pack::{Location, PACK_HEADER_LEN, PackState, decode_pack_header};
+use crate::store::{Config, Identity, index_path, lock_store, pack_dir};
+
+/// What `recover` found and rebuilt.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RecoverReport {
+    pub packs: u64,
+    pub records: u64,
+    pub chunks: u64,
+    pub files: u64,
+    pub versions: u64,
+    pub events: u64,
+    /// Records skipped because their commit had failed.
+    pub revoked: u64,
+    /// `(pack, bytes)` of torn tails that were cut off.
+    pub truncated: Vec<(u32, u64)>,
+    pub damaged_regions: Vec<DamagedRegion>,
+    /// Packs that could not be used at all, with the reason.
+    pub skipped_packs: Vec<(u32, String)>,
+    /// Manifests or events that could not be applied, with the reason.
+    pub problems: Vec<String>,
+    /// Chunk references whose chunk is not in any pack.
+    pub missing_chunks: u64,
+    /// Where the previous index was moved, if there was one.
+    pub old_index: Option<PathBuf>,
+}
+
+enum Op {
+    Version(Manifest),
+    Event(FileEvent),
+}
+
+/// Rebuilds the index of the store in `dir` from its packs. The store must not be open.
+pub fn recover(dir: impl AsRef<Path>, config: &Config, progress: &dyn Progress) -> Result<RecoverReport> {
+    let dir = dir.as_ref();
+    let _lock = lock_store(dir)?;
+    let identity = Identity::load(dir)?;
+    let store_id = identity.store_id()?;
+    let storage = FsPackStorage::new(pack_dir(dir)).ctx(|| format!("opening {}", pack_dir(dir).display()))?;
+    let mut report = RecoverReport::default();
+
+    let ids = storage.list().ctx(|| "listing packs".into())?;
+    let mut rows: HashMap<ChunkId, ChunkRow> = HashMap::new();
+    let mut ops: Vec<(Location, Op)> = Vec::new();
+    let mut revoked: HashSet<(u32, u64)> = HashSet::new();
+    let mut states = Vec::new();
+    let mut plain = Vec::new();
+
+    let mut total = 0;
+    for &id in &ids {
+        total += storage.open(id).and_then(|f| f.len()).unwrap_or(0);
+    }
+    progress.start("scanning packs", total);
+    for (n, &id) in ids.iter().enumerate() {
+        let last = n + 1 == ids.len();
+        let map = storage.map(id).ctx(|| format!("mapping {}", storage.describe(id)))?;
+        let bytes: &[u8] = (*map).as_ref();
+        match decode_pack_header(bytes) {
+            Ok((pid, sid)) if pid == id && sid == store_id => {}
+            Ok(_) => {
+                report.skipped_packs.push((id, "header names another pack or store".into()));
+                progress.advance(bytes.len() as u64);
+                continue;
+            }
+            Err(e) => {
+                report.skipped_packs.push((id, e));
+                progress.advance(bytes.len() as u64);
+                continue;
+            }
+        }
+        report.packs += 1;
+        let mut valid_end = PACK_HEADER_LEN;
+        let mut torn_at = None;
+        for item in record::scan_records(bytes, PACK_HEADER_LEN as usize) {
+            match item {
+                ScanItem::Record { offset, header, stored } => {
+                    report.records += 1;
+                    let loc = Location {
+                        pack: id,
+                        offset: offset as u64,
+                        len: header.record_len() as u32,
+                    };
+                    valid_end = loc.offset + header.record_len();
+                    if let Err(e) = record::decode_payload_into(&header, stored, &mut plain) {
+                        report.damaged_regions.push(DamagedRegion {
+                            pack: id,
+                            offset: loc.offset,
+                            len: loc.len as u64,
+                            error: e.to_string(),
+                        });
+                        continue;
+                    }
+                    match header.kind {
+                        RecordKind::Chunk => {
+                            rows.entry(ChunkId(header.key)).or_insert(ChunkRow {
+                                loc,
+                                raw_len: header.raw_len,
+                                stored_len: header.stored_len,
+                                refs: 0,
+                            });
+                        }
+                        RecordKind::Manifest => match Manifest::decode(&plain) {
+                            Ok(m) => ops.push((loc, Op::Version(m))),
+                            Err(e) => report.problems.push(format!("manifest in pack {id} at {offset}: {e}")),
+                        },
+                        RecordKind::Event => match FileEvent::decode(&plain) {
+                            Ok(FileEvent::Revoke { pack, offset }) => {
+                                revoked.insert((pack, offset));
+                            }
+                            Ok(e) => ops.push((loc, Op::Event(e))),
+                            Err(e) => report.problems.push(format!("event in pack {id} at {offset}: {e}")),
+                        },
+                    }
+                }
+                ScanItem::Damage { offset, len, error, at_end } => {
+                    if at_end {
+                        torn_at = Some(offset as u64);
+                    } else {
+                        report.damaged_regions.push(DamagedRegion {
+                            pack: id,
+                            offset: offset as u64,
+                            len: len as u64,
+                            error: error.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        progress.advance(bytes.len() as u64);
+        let len = bytes.len() as u64;
+        drop(map);
+        if let Some(at) = torn_at {
+            // Nothing valid follows: a write the crash cut short (or never committed).
+            let f = storage.open(id).ctx(|| format!("opening {}", storage.describe(id)))?;
+            f.truncate(at).ctx(|| format!("truncating {}", storage.describe(id)))?;
+            report.truncated.push((id, len - at));
+            valid_end = at;
+        }
+        states.push(PackState {
+            id,
+            len: valid_end.max(PACK_HEADER_LEN),
+            sealed: !last,
+        });
+    }
+    progress.finish();
+
+    let building = dir.join("index.redb.recovering");
+    if building.exists() {
+        fs::remove_file(&building).ctx(|| format!("removing {}", building.display()))?;
+    }
+    let index = Index::create(&building)?;
+    let mut w = index.write()?;
+    w.set_meta("store_id", identity.store_id.as_bytes())?;
+    progress.start("rebuilding the index", ops.len() as u64);
+    for (loc, op) in &ops {
+        progress.advance(1);
+        if revoked.contains(&(loc.pack, loc.offset)) {
+            report.revoked += 1;
+            continue;
+        }
+        match op {
+            Op::Version(m) => match w.apply_version(&m.meta, &m.chunks, *loc, |id| rows.get(id).copied()) {
+                Ok((_, missing)) => {
+                    report.versions += 1;
+                    report.missing_chunks += missing.len() as u64;
+                }
+                Err(e) => report.problems.push(format!(
+                    "file {} version {}: {e}",
+                    m.meta.file_id, m.meta.version
+                )),
+            },
+            Op::Event(e) => match w.apply_event(e) {
+                Ok(_) => report.events += 1,
+                Err(err) => report.problems.push(format!("event {e:?}: {err}")),
+            },
+        }
+    }
+    // Chunks no version references (left by puts that never committed) are indexed too, with
+    // no references, so garbage collection can find them.
+    for (id, row) in &rows {
+        if w.chunk(id)?.is_none() {
+            w.add_chunk_refs(id, *row, 0)?;
+        }
+    }
+    w.set_packs(&states)?;
+    let counters = w.counters()?;
+    report.chunks = counters.chunks;
+    report.files = counters.files;
+    w.commit()?;
+    drop(index);
+    progress.finish();
+
+    let live = index_path(dir);
+    if live.exists() {
+        let backup = dir.join(format!("index.redb.bak-{}", config.clock.now_ms()));
+        fs::rename(&live, &backup).ctx(|| format!("moving the old index to {}", backup.display()))?;
+        report.old_index = Some(backup);
+    }
+    fs::rename(&building, &live).ctx(|| format!("installing {}", live.display()))?;
+    sync_dir(dir).ctx(|| format!("syncing {}", dir.display()))?;
+    if report.versions == 0 && !ops.is_empty() {
+        return Err(Error::corrupt(
+            pack_dir(dir).display().to_string(),
+            "no file version could be recovered",
+        ));
+    }
+    Ok(report)
+}

@@ -1,0 +1,258 @@
+//! `verify`: re-hash every chunk, check every manifest against the index, count references.
+//!
+//! Verify reads a consistent snapshot of the index and the committed bytes of every pack; it
+//! never writes. Damage is reported, not repaired: the report names each damaged chunk and the
+//! file versions that need it.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::DamagedRegion;
+use super::progress::Progress;
+use crate::error::Result;
+use crate::id::{ChunkId, FileId};
+use crate::pack::manifest::Manifest;
+use crate::pack::record::{self, RecordKind, ScanItem};
+use crate::pack::{PACK_HEADER_LEN, decode_pack_header};
+use crate::store::Store;
+
+/// A file version that needs a damaged or missing chunk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AffectedFile {
+    pub id: FileId,
+    pub version: u32,
+    pub owner: String,
+    pub key: Option<String>,
+}
+
+/// A chunk the index references that cannot be read back intact.
+#[derive(Debug, Clone, Serialize)]
+pub struct DamagedChunk {
+    pub chunk: String,
+    pub pack: u32,
+    pub offset: u64,
+    pub error: String,
+    pub files: Vec<AffectedFile>,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    pub packs: u64,
+    pub records: u64,
+    pub chunks: u64,
+    pub files: u64,
+    pub versions: u64,
+    /// Plain bytes re-hashed.
+    pub bytes_checked: u64,
+    pub damaged_chunks: Vec<DamagedChunk>,
+    pub damaged_regions: Vec<DamagedRegion>,
+    /// Inconsistencies that are not a damaged chunk: manifests that disagree with the index,
+    /// wrong reference counts, missing or short packs.
+    pub problems: Vec<String>,
+}
+
+impl VerifyReport {
+    /// True when nothing is damaged or inconsistent.
+    pub fn is_ok(&self) -> bool {
+        self.damaged_chunks.is_empty() && self.damaged_regions.is_empty() && self.problems.is_empty()
+    }
+}
+
+/// What the scan learned about the record at one (pack, offset).
+enum Seen {
+    Ok { kind: RecordKind, key: [u8; 32], len: u64 },
+    Bad(String),
+}
+
+impl Store {
+    /// Re-reads and re-hashes every committed record and cross-checks the index.
+    pub fn verify(&self, progress: &dyn Progress) -> Result<VerifyReport> {
+        let inner = self.inner();
+        let r = inner.index.read()?;
+        let mut report = VerifyReport::default();
+        let states = r.packs()?;
+        let describe = |id| inner.packs.storage().describe(id);
+
+        // 1. Every committed record of every pack.
+        let mut seen: HashMap<(u32, u64), Seen> = HashMap::new();
+        let total: u64 = states.iter().map(|s| s.len).sum();
+        progress.start("verifying packs", total);
+        let mut plain = Vec::new();
+        for state in &states {
+            report.packs += 1;
+            let bytes = match inner.packs.contents(state.id) {
+                Ok(b) => b,
+                Err(e) => {
+                    report.problems.push(format!("{}: {e}", describe(state.id)));
+                    continue;
+                }
+            };
+            let bytes: &[u8] = (*bytes).as_ref();
+            if (bytes.len() as u64) < state.len {
+                report.problems.push(format!(
+                    "{} is {} bytes but {} were committed (truncated)",
+                    describe(state.id),
+                    bytes.len(),
+                    state.len
+                ));
+            }
+            match decode_pack_header(bytes) {
+                Ok((id, sid)) if id == state.id && sid == inner.packs.store_id() => {}
+                Ok(_) => report
+                    .problems
+                    .push(format!("{}: header names another pack or store", describe(state.id))),
+                Err(e) => report.problems.push(format!("{}: {e}", describe(state.id))),
+            }
+            let body = &bytes[..(state.len as usize).min(bytes.len())];
+            let mut done = PACK_HEADER_LEN;
+            for item in record::scan_records(body, PACK_HEADER_LEN as usize) {
+                match item {
+                    ScanItem::Record { offset, header, stored } => {
+                        report.records += 1;
+                        let status = match record::decode_payload_into(&header, stored, &mut plain) {
+                            Ok(()) => {
+                                report.bytes_checked += plain.len() as u64;
+                                Seen::Ok {
+                                    kind: header.kind,
+                                    key: header.key,
+                                    len: header.record_len(),
+                                }
+                            }
+                            Err(e) => Seen::Bad(e.to_string()),
+                        };
+                        seen.insert((state.id, offset as u64), status);
+                        let end = offset as u64 + header.record_len();
+                        progress.advance(end - done);
+                        done = end;
+                    }
+                    ScanItem::Damage { offset, len, error, .. } => {
+                        seen.insert((state.id, offset as u64), Seen::Bad(error.to_string()));
+                        report.damaged_regions.push(DamagedRegion {
+                            pack: state.id,
+                            offset: offset as u64,
+                            len: len as u64,
+                            error: error.to_string(),
+                        });
+                    }
+                }
+            }
+            progress.advance(state.len.saturating_sub(done));
+        }
+        progress.finish();
+
+        // 2. Every indexed chunk must be an intact record at its location.
+        let mut recorded_refs: HashMap<ChunkId, u64> = HashMap::new();
+        let mut damaged: HashMap<ChunkId, DamagedChunk> = HashMap::new();
+        r.for_each_chunk(|id, row| {
+            report.chunks += 1;
+            recorded_refs.insert(id, row.refs);
+            let error = match seen.get(&(row.loc.pack, row.loc.offset)) {
+                Some(Seen::Ok { kind: RecordKind::Chunk, key, len }) if *key == id.0 && *len == row.loc.len as u64 => None,
+                Some(Seen::Ok { .. }) => Some("the index points at a different record".to_string()),
+                Some(Seen::Bad(e)) => Some(e.clone()),
+                None => Some("no intact record starts at the indexed location".to_string()),
+            };
+            if let Some(error) = error {
+                damaged.insert(
+                    id,
+                    DamagedChunk {
+                        chunk: id.to_hex(),
+                        pack: row.loc.pack,
+                        offset: row.loc.offset,
+                        error,
+                        files: Vec::new(),
+                    },
+                );
+            }
+            Ok(())
+        })?;
+
+        // 3. Every version: chunks indexed, sizes add up, manifest agrees with the index.
+        let mut counted_refs: HashMap<ChunkId, u64> = HashMap::new();
+        let files: HashMap<FileId, _> = r.all_files()?.into_iter().map(|f| (f.id, f)).collect();
+        report.files = files.len() as u64;
+        r.for_each_version_chunks(|file_id, version, chunks| {
+            report.versions += 1;
+            let file = files.get(&file_id);
+            let affected = || AffectedFile {
+                id: file_id,
+                version,
+                owner: file.map(|f| f.owner.clone()).unwrap_or_default(),
+                key: file.and_then(|f| f.key.clone()),
+            };
+            let Some(v) = r.version(file_id, version)? else {
+                report.problems.push(format!("file {file_id} version {version}: chunk list without a version record"));
+                return Ok(());
+            };
+            let mut sum = 0u64;
+            for c in &chunks {
+                sum += c.len as u64;
+                *counted_refs.entry(c.id).or_default() += 1;
+                if let Some(d) = damaged.get_mut(&c.id) {
+                    if d.files.last() != Some(&affected()) {
+                        d.files.push(affected());
+                    }
+                } else if !recorded_refs.contains_key(&c.id) {
+                    damaged.insert(
+                        c.id,
+                        DamagedChunk {
+                            chunk: c.id.to_hex(),
+                            pack: 0,
+                            offset: 0,
+                            error: "not in the index".into(),
+                            files: vec![affected()],
+                        },
+                    );
+                }
+            }
+            if sum != v.meta.size {
+                report.problems.push(format!(
+                    "file {file_id} version {version}: chunks add up to {sum} bytes, the version says {}",
+                    v.meta.size
+                ));
+            }
+            let manifest_ok = match seen.get(&(v.manifest.pack, v.manifest.offset)) {
+                Some(Seen::Ok { kind: RecordKind::Manifest, .. }) => match inner.packs.read(v.manifest) {
+                    Ok((_, plain)) => match Manifest::decode(&plain) {
+                        Ok(m) if m.meta == v.meta && m.chunks == chunks => Ok(()),
+                        Ok(_) => Err("the manifest disagrees with the index".to_string()),
+                        Err(e) => Err(e),
+                    },
+                    Err(e) => Err(e.to_string()),
+                },
+                Some(Seen::Ok { .. }) => Err("the index points at a record that is not a manifest".into()),
+                Some(Seen::Bad(e)) => Err(e.clone()),
+                None => Err("no intact record at the manifest's location".into()),
+            };
+            if let Err(e) = manifest_ok {
+                report.problems.push(format!(
+                    "file {file_id} version {version}: manifest in {} at {}: {e}",
+                    describe(v.manifest.pack),
+                    v.manifest.offset
+                ));
+            }
+            Ok(())
+        })?;
+        for f in files.values() {
+            if r.version(f.id, f.latest)?.is_none() {
+                report.problems.push(format!("file {}: current version {} is missing", f.id, f.latest));
+            }
+        }
+
+        // 4. Reference counts.
+        for (id, recorded) in &recorded_refs {
+            let counted = counted_refs.get(id).copied().unwrap_or(0);
+            if counted != *recorded {
+                report.problems.push(format!(
+                    "chunk {id}: {recorded} references recorded, {counted} counted"
+                ));
+            }
+        }
+        let mut damaged: Vec<DamagedChunk> = damaged.into_values().collect();
+        damaged.sort_by(|a, b| (a.pack, a.offset, &a.chunk).cmp(&(b.pack, b.offset, &b.chunk)));
+        report.damaged_chunks = damaged;
+        Ok(report)
+    }
+}

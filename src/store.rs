@@ -1,0 +1,1188 @@
+//! The `Store` facade: the only public entry to the engine.
+//!
+//! A store is a directory:
+//!
+//! ```text
+//! store.json    identity: format, store id, chunk parameters (written once, at create)
+//! lock          held (flock) by the one process that has the store open
+//! index.redb    the index (module `index`)
+//! packs/        NNNNNNNN.pack, append-only (module `pack`)
+//! ```
+//!
+//! The commit protocol (docs/design.md has the full argument): a put appends its new chunks,
+//! then — inside the index's single write transaction, so manifests reach the packs in commit
+//! order — appends the version's manifest, fsyncs the packs, records the packs' durable lengths
+//! and the version in the index, and commits. A version exists exactly when that commit has
+//! returned.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use crate::chunking::ChunkParams;
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, IoContext, Result};
+use crate::id::{ChunkId, FileId, hex};
+use crate::index::{ChunkRow, FileRecord, Index, ListFilter, VersionRecord, WriteTx};
+use crate::pack::manifest::{ChunkRef, FileEvent, Manifest, VersionMeta, flags};
+use crate::pack::record::{self, RecordKind};
+use crate::pack::storage::{FsPackStorage, PackStorage, sync_dir};
+use crate::pack::{Location, OpenReport, Packs};
+use crate::validate;
+
+/// Format of `store.json`.
+pub const STORE_FORMAT: u32 = 1;
+const IDENTITY_FILE: &str = "store.json";
+const INDEX_FILE: &str = "index.redb";
+const LOCK_FILE: &str = "lock";
+const PACK_DIR: &str = "packs";
+
+/// The owner used when a caller does not name one.
+pub const DEFAULT_OWNER: &str = "local";
+/// The category used when a caller does not name one.
+pub const DEFAULT_CATEGORY: &str = "other";
+
+/// Engine configuration. Every field has the default the product documents.
+#[derive(Clone)]
+pub struct Config {
+    /// Chunk parameters. At create: `None` means the defaults. At open: `None` means "whatever
+    /// the store was created with"; `Some` must equal them.
+    pub chunking: Option<ChunkParams>,
+    /// zstd level for new chunks (0 stores raw).
+    pub compression_level: i32,
+    /// A pack is sealed once it reaches this size.
+    pub pack_target_size: u64,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            chunking: None,
+            compression_level: 3,
+            pack_target_size: 64 << 20,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("chunking", &self.chunking)
+            .field("compression_level", &self.compression_level)
+            .field("pack_target_size", &self.pack_target_size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Contents of `store.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Identity {
+    pub format: u32,
+    /// 32 hex digits.
+    pub store_id: String,
+    pub chunking: ChunkParams,
+    pub created_ms: i64,
+}
+
+impl Identity {
+    pub fn store_id(&self) -> Result<u128> {
+        u128::from_str_radix(&self.store_id, 16)
+            .map_err(|_| Error::corrupt(IDENTITY_FILE, format!("bad store id {:?}", self.store_id)))
+    }
+
+    pub(crate) fn load(dir: &Path) -> Result<Identity> {
+        let path = dir.join(IDENTITY_FILE);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Error::NotAStore {
+                    path: dir.to_path_buf(),
+                    reason: format!("{IDENTITY_FILE} is missing (run `tessera init` to create a store)"),
+                });
+            }
+            Err(e) => return Err(e).ctx(|| format!("reading {}", path.display())),
+        };
+        let id: Identity = serde_json::from_slice(&bytes).map_err(|e| Error::NotAStore {
+            path: dir.to_path_buf(),
+            reason: format!("{IDENTITY_FILE} is unreadable: {e}"),
+        })?;
+        if id.format != STORE_FORMAT {
+            return Err(Error::NotAStore {
+                path: dir.to_path_buf(),
+                reason: format!("store format {} (this build reads {STORE_FORMAT})", id.format),
+            });
+        }
+        id.chunking.validate()?;
+        Ok(id)
+    }
+}
+
+/// Options of a put.
+#[derive(Debug, Clone)]
+pub struct PutOptions {
+    pub owner: String,
+    /// A path-like name, unique per owner. A put to an existing key makes a new version.
+    pub key: Option<String>,
+    /// The name the client gave; sanitised into the display name, kept as `original_name`.
+    pub name: Option<String>,
+    pub category: Option<String>,
+    /// MIME type; guessed from the name when absent.
+    pub mime: Option<String>,
+    pub public: bool,
+    /// Free-form JSON metadata.
+    pub metadata: serde_json::Value,
+}
+
+impl Default for PutOptions {
+    fn default() -> Self {
+        PutOptions {
+            owner: DEFAULT_OWNER.to_string(),
+            key: None,
+            name: None,
+            category: None,
+            mime: None,
+            public: false,
+            metadata: serde_json::Value::Null,
+        }
+    }
+}
+
+impl PutOptions {
+    /// Options for a put to `key` of the default owner.
+    pub fn key(key: impl Into<String>) -> Self {
+        PutOptions {
+            key: Some(key.into()),
+            ..Default::default()
+        }
+    }
+}
+
+/// A file as callers see it: the file and its current version.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FileInfo {
+    pub id: FileId,
+    pub version: u32,
+    pub owner: String,
+    pub key: Option<String>,
+    pub display_name: String,
+    pub original_name: Option<String>,
+    pub category: String,
+    pub mime: String,
+    pub size: u64,
+    pub blake3: String,
+    pub sha256: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub accessed_ms: i64,
+    pub public: bool,
+    pub processed: bool,
+    pub quarantined: bool,
+    pub deleted: bool,
+    pub deleted_ms: Option<i64>,
+    pub metadata: serde_json::Value,
+}
+
+impl FileInfo {
+    fn new(f: &FileRecord, v: &VersionMeta) -> Self {
+        FileInfo {
+            id: f.id,
+            version: v.version,
+            owner: f.owner.clone(),
+            key: f.key.clone(),
+            display_name: v.display_name.clone(),
+            original_name: v.original_name.clone(),
+            category: f.category.clone(),
+            mime: v.mime.clone(),
+            size: v.size,
+            blake3: v.blake3.clone(),
+            sha256: v.sha256.clone(),
+            created_ms: f.created_ms,
+            updated_ms: f.updated_ms,
+            accessed_ms: f.accessed_ms,
+            public: f.flags & flags::PUBLIC != 0,
+            processed: f.flags & flags::PROCESSED != 0,
+            quarantined: f.flags & flags::QUARANTINED != 0,
+            deleted: f.deleted_ms.is_some(),
+            deleted_ms: f.deleted_ms,
+            metadata: v.metadata.clone(),
+        }
+    }
+}
+
+/// One version of a file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VersionInfo {
+    pub version: u32,
+    pub size: u64,
+    pub blake3: String,
+    pub sha256: String,
+    pub display_name: String,
+    pub mime: String,
+    pub created_ms: i64,
+    pub restored_from: Option<u32>,
+    pub current: bool,
+}
+
+/// What a put did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PutReport {
+    pub file: FileInfo,
+    /// Chunks in the file.
+    pub chunks: u64,
+    /// Chunks that were not stored before and were written by this put.
+    pub new_chunks: u64,
+    /// Stored (compressed) bytes this put added to packs.
+    pub new_stored_bytes: u64,
+}
+
+/// A query for [`Store::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub owner: Option<String>,
+    /// Key prefix (needs `owner`).
+    pub prefix: Option<String>,
+    pub category: Option<String>,
+    pub include_deleted: bool,
+    /// Cursor from the previous page.
+    pub after: Option<String>,
+    /// Page size (default 100, at most 10,000).
+    pub limit: Option<usize>,
+}
+
+/// A page of files.
+#[derive(Debug, Clone, Serialize)]
+pub struct ListPage {
+    pub files: Vec<FileInfo>,
+    /// Pass as `after` to get the next page; `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// Store-wide figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreStats {
+    pub files: u64,
+    pub versions: u64,
+    /// Sum of the sizes of all versions.
+    pub logical_bytes: u64,
+    /// Distinct chunks.
+    pub chunks: u64,
+    /// Plain bytes of distinct chunks (after dedup, before compression).
+    pub unique_bytes: u64,
+    /// Compressed payload bytes of distinct chunks.
+    pub stored_bytes: u64,
+    /// Bytes of all pack files on disk (framing, manifests and garbage included).
+    pub pack_bytes: u64,
+    /// Size of the index file.
+    pub index_bytes: u64,
+    pub packs: u64,
+    /// logical / unique: what deduplication saves.
+    pub dedup_ratio: f64,
+    /// logical / pack bytes: what dedup and compression save together.
+    pub total_ratio: f64,
+    pub chunking: ChunkParams,
+}
+
+/// A chunk not yet in the index: written by a put that has not committed.
+#[derive(Clone, Copy)]
+struct Pending {
+    row: ChunkRow,
+}
+
+pub(crate) struct Inner {
+    pub dir: PathBuf,
+    pub identity: Identity,
+    pub config: Config,
+    pub index: Index,
+    pub packs: Packs,
+    pub open_report: OpenReport,
+    /// Chunks appended by puts in flight, so concurrent puts of the same data share one copy.
+    pending: Mutex<HashMap<ChunkId, Pending>>,
+    /// Access times not yet written to the index (written with the next commit or on close).
+    touched: Mutex<HashMap<FileId, i64>>,
+    _lock: File,
+}
+
+/// An open store. Cheap to clone; all clones share one engine. Any number of threads may put
+/// and get at once.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.inner.dir).finish_non_exhaustive()
+    }
+}
+
+/// Takes the store's lock file; fails with [`Error::Locked`] if someone else holds it.
+pub(crate) fn lock_store(dir: &Path) -> Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .ctx(|| format!("opening lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(e).ctx(|| format!("locking {}", path.display())),
+    }
+}
+
+pub(crate) fn index_path(dir: &Path) -> PathBuf {
+    dir.join(INDEX_FILE)
+}
+
+pub(crate) fn pack_dir(dir: &Path) -> PathBuf {
+    dir.join(PACK_DIR)
+}
+
+/// Writes `bytes` to `path` atomically and durably (temp file, fsync, rename, fsync dir).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let ctx = || format!("writing {}", path.display());
+    let mut f = File::create(&tmp).ctx(ctx)?;
+    f.write_all(bytes).ctx(ctx)?;
+    f.sync_all().ctx(ctx)?;
+    fs::rename(&tmp, path).ctx(ctx)?;
+    sync_dir(path.parent().unwrap_or(Path::new("."))).ctx(ctx)
+}
+
+impl Store {
+    /// Creates a new store in `dir` (created if missing; must not already hold a store).
+    pub fn create(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
+        let dir = dir.as_ref();
+        fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+        let lock = lock_store(dir)?;
+        if dir.join(IDENTITY_FILE).exists() {
+            return Err(Error::InvalidInput(format!(
+                "{} already holds a Tessera store",
+                dir.display()
+            )));
+        }
+        let chunking = config.chunking.unwrap_or_default();
+        chunking.validate()?;
+        let identity = Identity {
+            format: STORE_FORMAT,
+            store_id: format!("{:032x}", FileId::new().0),
+            chunking,
+            created_ms: config.clock.now_ms(),
+        };
+        // The index first: a crash before store.json is written leaves a directory that is not
+        // yet a store, and `create` can simply run again.
+        let _ = fs::remove_file(index_path(dir));
+        let index = Index::create(&index_path(dir))?;
+        let mut w = index.write()?;
+        w.set_meta("store_id", identity.store_id.as_bytes())?;
+        w.commit()?;
+        drop(index);
+        let json = serde_json::to_vec_pretty(&identity).expect("identity serialises");
+        write_atomic(&dir.join(IDENTITY_FILE), &json)?;
+        Self::open_locked(dir, config, lock, None)
+    }
+
+    /// Opens an existing store.
+    pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
+        let dir = dir.as_ref();
+        if !dir.join(IDENTITY_FILE).exists() {
+            return Err(Error::NotAStore {
+                path: dir.to_path_buf(),
+                reason: format!("{IDENTITY_FILE} is missing (run `tessera init` to create a store)"),
+            });
+        }
+        let lock = lock_store(dir)?;
+        Self::open_locked(dir, config, lock, None)
+    }
+
+    /// Opens a store, creating it if `dir` holds none.
+    pub fn open_or_create(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
+        let dir = dir.as_ref();
+        if dir.join(IDENTITY_FILE).exists() {
+            Self::open(dir, config)
+        } else {
+            Self::create(dir, config)
+        }
+    }
+
+    /// Opens a store whose packs live in `storage` instead of `dir/packs` — the seam tests use
+    /// to inject faults.
+    pub fn open_with_storage(
+        dir: impl AsRef<Path>,
+        config: Config,
+        storage: Arc<dyn PackStorage>,
+    ) -> Result<Store> {
+        let dir = dir.as_ref();
+        let lock = lock_store(dir)?;
+        Self::open_locked(dir, config, lock, Some(storage))
+    }
+
+    fn open_locked(
+        dir: &Path,
+        config: Config,
+        lock: File,
+        storage: Option<Arc<dyn PackStorage>>,
+    ) -> Result<Store> {
+        let identity = Identity::load(dir)?;
+        if let Some(asked) = config.chunking
+            && asked != identity.chunking
+        {
+            return Err(Error::ConfigMismatch(format!(
+                "the store was created with chunk sizes {}/{}/{} bytes (min/avg/max) and cannot \
+                 change them; asked for {}/{}/{}",
+                identity.chunking.min_size,
+                identity.chunking.avg_size,
+                identity.chunking.max_size,
+                asked.min_size,
+                asked.avg_size,
+                asked.max_size
+            )));
+        }
+        if config.pack_target_size < 1 << 20 {
+            return Err(Error::InvalidInput("pack_target_size must be at least 1 MiB".into()));
+        }
+        let ipath = index_path(dir);
+        if !ipath.exists() {
+            return Err(Error::NotAStore {
+                path: dir.to_path_buf(),
+                reason: format!("{INDEX_FILE} is missing; run `tessera recover` to rebuild it from the packs"),
+            });
+        }
+        let index = Index::open(&ipath)?;
+        let store_id = identity.store_id()?;
+        let r = index.read()?;
+        let indexed_id = r.meta("store_id")?.map(|b| String::from_utf8_lossy(&b).into_owned());
+        if indexed_id.as_deref() != Some(identity.store_id.as_str()) {
+            return Err(Error::NotAStore {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "{INDEX_FILE} belongs to store {indexed_id:?}, not {}; run `tessera recover`",
+                    identity.store_id
+                ),
+            });
+        }
+        let known = r.packs()?;
+        drop(r);
+        let storage = match storage {
+            Some(s) => s,
+            None => Arc::new(
+                FsPackStorage::new(pack_dir(dir))
+                    .ctx(|| format!("opening {}", pack_dir(dir).display()))?,
+            ),
+        };
+        let (packs, open_report) = Packs::open(storage, store_id, config.pack_target_size, &known)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                dir: dir.to_path_buf(),
+                identity,
+                config,
+                index,
+                packs,
+                open_report,
+                pending: Mutex::new(HashMap::new()),
+                touched: Mutex::new(HashMap::new()),
+                _lock: lock,
+            }),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    pub fn chunk_params(&self) -> ChunkParams {
+        self.inner.identity.chunking
+    }
+
+    /// What opening the store found (truncated tails, missing packs).
+    pub fn open_report(&self) -> &OpenReport {
+        &self.inner.open_report
+    }
+
+    pub(crate) fn inner(&self) -> &Inner {
+        &self.inner
+    }
+
+    fn now(&self) -> i64 {
+        self.inner.config.clock.now_ms()
+    }
+
+    // ---------------------------------------------------------------- put
+
+    /// Stores the bytes of `source` as a new file, or as a new version of the file at
+    /// `opts.key`. Streams: memory use does not grow with the size of the input. When this
+    /// returns `Ok`, the version is durable.
+    pub fn put(&self, source: impl Read, opts: &PutOptions) -> Result<PutReport> {
+        validate::check_label("owner", &opts.owner)?;
+        if let Some(key) = &opts.key {
+            validate::check_key(key)?;
+        }
+        let category = opts.category.as_deref().unwrap_or(DEFAULT_CATEGORY);
+        validate::check_label("category", category)?;
+        let original = opts
+            .name
+            .clone()
+            .or_else(|| opts.key.as_ref().map(|k| k.rsplit('/').next().unwrap_or(k).to_string()));
+        let display_name = validate::sanitize_display_name(original.as_deref().unwrap_or("file"));
+        let mime = match &opts.mime {
+            Some(m) => m.clone(),
+            None => mime_guess::from_path(&display_name)
+                .first_raw()
+                .unwrap_or("application/octet-stream")
+                .to_string(),
+        };
+
+        let mut ingest = Ingest::new(self);
+        let mut whole_b3 = blake3::Hasher::new();
+        let mut whole_sha = sha2::Sha256::new();
+        let mut size = 0u64;
+        let mut chunks = Vec::new();
+        for chunk in self.inner.identity.chunking.chunker(source) {
+            let chunk = chunk.ctx(|| "reading the input".into())?;
+            whole_b3.update(&chunk.data);
+            whole_sha.update(&chunk.data);
+            size += chunk.data.len() as u64;
+            chunks.push(ingest.add(&chunk.data)?);
+        }
+        let template = VersionMeta {
+            file_id: FileId(0),
+            version: 0,
+            owner: opts.owner.clone(),
+            key: opts.key.clone(),
+            display_name: display_name.clone(),
+            original_name: original.filter(|o| *o != display_name),
+            category: category.to_string(),
+            mime,
+            size,
+            blake3: whole_b3.finalize().to_hex().to_string(),
+            sha256: hex(&whole_sha.finalize()),
+            file_created_ms: 0,
+            created_ms: 0,
+            flags: if opts.public { flags::PUBLIC } else { 0 },
+            metadata: opts.metadata.clone(),
+            restored_from: None,
+        };
+        let (new_chunks, new_stored_bytes) = (ingest.new_chunks, ingest.new_stored_bytes);
+        let rows = ingest.rows;
+        let file = self.commit_version(Target::ByKey, template, chunks.clone(), |id| {
+            rows.get(id).copied()
+        })?;
+        drop(ingest.pending_guard);
+        Ok(PutReport {
+            file,
+            chunks: chunks.len() as u64,
+            new_chunks,
+            new_stored_bytes,
+        })
+    }
+
+    /// Appends a manifest for a new version and commits it. `template` has everything but the
+    /// file id, version number and times, which are decided here under the write lock.
+    fn commit_version(
+        &self,
+        target: Target,
+        mut meta: VersionMeta,
+        chunks: Vec<ChunkRef>,
+        row_for: impl FnMut(&ChunkId) -> Option<ChunkRow>,
+    ) -> Result<FileInfo> {
+        let inner = &self.inner;
+        let w = inner.index.write()?;
+        let now = self.now();
+        let existing = match target {
+            Target::ByKey => match &meta.key {
+                Some(key) => w.file_by_key(&meta.owner, key)?,
+                None => None,
+            },
+            Target::Existing(id) => Some(
+                w.file(id)?
+                    .ok_or_else(|| Error::not_found(format!("file {id}")))?,
+            ),
+        };
+        match &existing {
+            Some(f) => {
+                meta.file_id = f.id;
+                meta.version = f.latest + 1;
+                meta.file_created_ms = f.created_ms;
+                meta.category = f.category.clone();
+                // The clock may step back; versions must not.
+                meta.created_ms = now.max(f.updated_ms);
+            }
+            None => {
+                meta.file_id = FileId::new();
+                meta.version = 1;
+                meta.file_created_ms = now;
+                meta.created_ms = now;
+            }
+        }
+        let manifest = Manifest { meta, chunks };
+        let plain = manifest.encode();
+        let mut rec = Vec::with_capacity(plain.len() / 2 + record::OVERHEAD);
+        record::encode_plain(
+            RecordKind::Manifest,
+            &plain,
+            &ChunkId::of(&plain).0,
+            inner.config.compression_level,
+            &mut rec,
+        );
+        let mloc = inner.packs.append(&rec)?;
+        let result = self.finish_commit(w, mloc, |w| {
+            let (file, missing) = w.apply_version(&manifest.meta, &manifest.chunks, mloc, row_for)?;
+            if let Some(id) = missing.first() {
+                return Err(Error::Corrupt {
+                    location: "index".into(),
+                    detail: format!("{} chunk(s) of the new version are not stored", missing.len()),
+                    chunk: Some(id.to_hex()),
+                });
+            }
+            Ok(FileInfo::new(&file, &manifest.meta))
+        });
+        result
+    }
+
+    /// Makes the packs durable, applies `apply` to the open write transaction, records the pack
+    /// state and commits. If anything fails after the record at `appended` was written, a
+    /// revocation is appended so that `recover` never replays it.
+    fn finish_commit<T>(
+        &self,
+        mut w: WriteTx,
+        appended: Location,
+        apply: impl FnOnce(&mut WriteTx) -> Result<T>,
+    ) -> Result<T> {
+        let inner = &self.inner;
+        let attempt = (|| {
+            let states = inner.packs.sync()?;
+            let out = apply(&mut w)?;
+            w.set_packs(&states)?;
+            for (id, at) in inner.touched.lock().unwrap().drain() {
+                w.touch(id, at)?;
+            }
+            w.commit()?;
+            Ok((out, states))
+        })();
+        match attempt {
+            Ok((out, states)) => {
+                inner.packs.committed(&states);
+                Ok(out)
+            }
+            Err(e) => {
+                self.revoke(appended);
+                Err(e)
+            }
+        }
+    }
+
+    /// Best effort: marks the record at `loc` as never committed.
+    fn revoke(&self, loc: Location) {
+        let ev = FileEvent::Revoke {
+            pack: loc.pack,
+            offset: loc.offset,
+        }
+        .encode();
+        let mut rec = Vec::new();
+        record::encode_plain(RecordKind::Event, &ev, &ChunkId::of(&ev).0, 0, &mut rec);
+        let done = self.inner.packs.append(&rec).and_then(|_| self.inner.packs.sync());
+        if let Err(e) = done {
+            tracing::error!(
+                pack = loc.pack,
+                offset = loc.offset,
+                "could not revoke an uncommitted record ({e}); `recover` may replay it"
+            );
+        }
+    }
+
+    /// Appends a file event and commits the change it describes.
+    fn commit_event(&self, id: FileId, make: impl FnOnce(&FileRecord, i64) -> Option<FileEvent>) -> Result<FileInfo> {
+        let inner = &self.inner;
+        let w = inner.index.write()?;
+        let file = w.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?;
+        let Some(event) = make(&file, self.now()) else {
+            // Nothing to change (already deleted, or not deleted).
+            let v = w
+                .version(id, file.latest)?
+                .ok_or_else(|| Error::corrupt("index", format!("file {id} has no version {}", file.latest)))?;
+            return Ok(FileInfo::new(&file, &v.meta));
+        };
+        let plain = event.encode();
+        let mut rec = Vec::new();
+        record::encode_plain(RecordKind::Event, &plain, &ChunkId::of(&plain).0, 0, &mut rec);
+        let loc = inner.packs.append(&rec)?;
+        self.finish_commit(w, loc, |w| {
+            let file = w.apply_event(&event)?.expect("delete and undelete change a file");
+            let v = w
+                .version(id, file.latest)?
+                .ok_or_else(|| Error::corrupt("index", format!("file {id} has no version {}", file.latest)))?;
+            Ok(FileInfo::new(&file, &v.meta))
+        })
+    }
+
+    // ---------------------------------------------------------------- files
+
+    /// The id of the file at `key` of `owner`.
+    pub fn resolve_key(&self, owner: &str, key: &str) -> Result<FileId> {
+        self.inner
+            .index
+            .read()?
+            .file_by_key(owner, key)?
+            .map(|f| f.id)
+            .ok_or_else(|| Error::not_found(format!("key {key:?} of owner {owner:?}")))
+    }
+
+    /// The file and its current version, deleted or not. Touches no data.
+    pub fn stat(&self, id: FileId) -> Result<FileInfo> {
+        let r = self.inner.index.read()?;
+        let f = r.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?;
+        let v = r
+            .version(id, f.latest)?
+            .ok_or_else(|| Error::corrupt("index", format!("file {id} has no version {}", f.latest)))?;
+        let mut info = FileInfo::new(&f, &v.meta);
+        if let Some(&t) = self.inner.touched.lock().unwrap().get(&id) {
+            info.accessed_ms = info.accessed_ms.max(t);
+        }
+        Ok(info)
+    }
+
+    /// All versions of a file, oldest first.
+    pub fn versions(&self, id: FileId) -> Result<Vec<VersionInfo>> {
+        let r = self.inner.index.read()?;
+        let f = r.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?;
+        Ok(r.versions(id)?
+            .into_iter()
+            .map(|v| VersionInfo {
+                version: v.meta.version,
+                size: v.meta.size,
+                blake3: v.meta.blake3,
+                sha256: v.meta.sha256,
+                display_name: v.meta.display_name,
+                mime: v.meta.mime,
+                created_ms: v.meta.created_ms,
+                restored_from: v.meta.restored_from,
+                current: v.meta.version == f.latest,
+            })
+            .collect())
+    }
+
+    /// Reads the current version of a live (not deleted) file.
+    pub fn get(&self, id: FileId) -> Result<FileReader> {
+        self.reader(id, None, None)
+    }
+
+    /// Reads an older version of a live file.
+    pub fn get_version(&self, id: FileId, version: u32) -> Result<FileReader> {
+        self.reader(id, Some(version), None)
+    }
+
+    /// Reads `range` of the current version; only the chunks that overlap it are touched.
+    pub fn get_range(&self, id: FileId, range: Range<u64>) -> Result<FileReader> {
+        self.reader(id, None, Some(range))
+    }
+
+    /// Reads a whole version into memory (convenience for small files and tests).
+    pub fn read_all(&self, id: FileId) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        self.get(id)?.read_to_end(&mut out).map_err(io_to_error)?;
+        Ok(out)
+    }
+
+    fn reader(&self, id: FileId, version: Option<u32>, range: Option<Range<u64>>) -> Result<FileReader> {
+        let r = self.inner.index.read()?;
+        let f = r.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?;
+        if f.deleted_ms.is_some() {
+            return Err(Error::not_found(format!("file {id} (deleted; undelete it to read)")));
+        }
+        let version = version.unwrap_or(f.latest);
+        let v: VersionRecord = r
+            .version(id, version)?
+            .ok_or_else(|| Error::not_found(format!("version {version} of file {id}")))?;
+        let chunks = r.version_chunks(id, version)?;
+        let size = v.meta.size;
+        let range = range.unwrap_or(0..size);
+        if range.start > range.end || range.end > size {
+            return Err(Error::InvalidInput(format!(
+                "range {}..{} is outside the file's {size} bytes",
+                range.start, range.end
+            )));
+        }
+        let mut starts = Vec::with_capacity(chunks.len() + 1);
+        let mut at = 0u64;
+        for c in &chunks {
+            starts.push(at);
+            at += c.len as u64;
+        }
+        starts.push(at);
+        self.inner.touched.lock().unwrap().insert(id, self.now());
+        Ok(FileReader {
+            store: self.clone(),
+            file: id,
+            version,
+            locs: vec![None; chunks.len()],
+            chunks,
+            starts,
+            base: range.start,
+            pos: range.start,
+            end: range.end,
+            cur: None,
+            buf: Vec::new(),
+        })
+    }
+
+    /// A page of files matching `q`.
+    pub fn list(&self, q: &ListQuery) -> Result<ListPage> {
+        let r = self.inner.index.read()?;
+        let filter = ListFilter {
+            owner: q.owner.as_deref(),
+            prefix: q.prefix.as_deref(),
+            category: q.category.as_deref(),
+            include_deleted: q.include_deleted,
+            after: q.after.as_deref(),
+            limit: q.limit.unwrap_or(100).clamp(1, 10_000),
+        };
+        let (records, next) = r.list(&filter)?;
+        let mut files = Vec::with_capacity(records.len());
+        for f in records {
+            let v = r
+                .version(f.id, f.latest)?
+                .ok_or_else(|| Error::corrupt("index", format!("file {} has no version {}", f.id, f.latest)))?;
+            files.push(FileInfo::new(&f, &v.meta));
+        }
+        Ok(ListPage { files, next })
+    }
+
+    /// Soft delete: the file disappears from reads and listings; its data stays until purged.
+    /// Deleting a deleted file changes nothing.
+    pub fn delete(&self, id: FileId) -> Result<FileInfo> {
+        self.commit_event(id, |f, now| {
+            f.deleted_ms.is_none().then_some(FileEvent::Delete { file_id: id, at_ms: now })
+        })
+    }
+
+    /// Undoes a soft delete. Undeleting a live file changes nothing.
+    pub fn undelete(&self, id: FileId) -> Result<FileInfo> {
+        self.commit_event(id, |f, now| {
+            f.deleted_ms.is_some().then_some(FileEvent::Undelete { file_id: id, at_ms: now })
+        })
+    }
+
+    /// Makes old `version` the current content again, as a new version (history is kept).
+    pub fn restore(&self, id: FileId, version: u32) -> Result<FileInfo> {
+        let r = self.inner.index.read()?;
+        let f = r.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?;
+        if f.deleted_ms.is_some() {
+            return Err(Error::not_found(format!("file {id} (deleted; undelete it first)")));
+        }
+        let old = r
+            .version(id, version)?
+            .ok_or_else(|| Error::not_found(format!("version {version} of file {id}")))?;
+        let chunks = r.version_chunks(id, version)?;
+        drop(r);
+        let mut meta = old.meta;
+        meta.restored_from = Some(version);
+        meta.flags = f.flags;
+        // Every chunk of an indexed version is indexed, so no rows are needed.
+        self.commit_version(Target::Existing(id), meta, chunks, |_| None)
+    }
+
+    /// Store-wide figures.
+    pub fn stats(&self) -> Result<StoreStats> {
+        let r = self.inner.index.read()?;
+        let c = r.counters()?;
+        let packs = r.packs()?.len() as u64;
+        let pack_bytes = self.inner.packs.disk_bytes()?;
+        let index_bytes = fs::metadata(index_path(&self.inner.dir)).map_or(0, |m| m.len());
+        let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+        Ok(StoreStats {
+            files: c.files,
+            versions: c.versions,
+            logical_bytes: c.logical_bytes,
+            chunks: c.chunks,
+            unique_bytes: c.chunk_raw_bytes,
+            stored_bytes: c.chunk_stored_bytes,
+            pack_bytes,
+            index_bytes,
+            packs,
+            dedup_ratio: ratio(c.logical_bytes, c.chunk_raw_bytes),
+            total_ratio: ratio(c.logical_bytes, pack_bytes),
+            chunking: self.inner.identity.chunking,
+        })
+    }
+
+    /// Writes pending access times to the index. Also done with every commit and on drop.
+    pub fn flush(&self) -> Result<()> {
+        let touched: Vec<(FileId, i64)> = self.inner.touched.lock().unwrap().drain().collect();
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let mut w = self.inner.index.write()?;
+        for (id, at) in touched {
+            w.touch(id, at)?;
+        }
+        w.commit()
+    }
+
+    /// Reads and checks the chunk at `loc`, which must be `id`.
+    pub(crate) fn read_chunk(&self, id: &ChunkId, loc: Location, buf: &mut Vec<u8>) -> Result<()> {
+        let header = self.inner.packs.read_into(loc, buf).map_err(|e| match e {
+            Error::Corrupt { location, detail, .. } => Error::Corrupt {
+                location,
+                detail,
+                chunk: Some(id.to_hex()),
+            },
+            other => other,
+        })?;
+        if header.key != id.0 || header.kind != RecordKind::Chunk {
+            return Err(Error::Corrupt {
+                location: format!("{} at offset {}", self.inner.packs.storage().describe(loc.pack), loc.offset),
+                detail: "the index points at a different record".into(),
+                chunk: Some(id.to_hex()),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let touched: Vec<(FileId, i64)> = self.touched.get_mut().unwrap().drain().collect();
+        if touched.is_empty() {
+            return;
+        }
+        let flush = || -> Result<()> {
+            let mut w = self.index.write()?;
+            for (id, at) in touched {
+                w.touch(id, at)?;
+            }
+            w.commit_lazy()
+        };
+        if let Err(e) = flush() {
+            tracing::warn!("could not record access times on close: {e}");
+        }
+    }
+}
+
+enum Target {
+    /// The file at the manifest's (owner, key), or a new file.
+    ByKey,
+    /// This existing file.
+    Existing(FileId),
+}
+
+/// The chunk-writing half of a put: dedup against the index and against puts in flight,
+/// compress and append what is new.
+struct Ingest<'s> {
+    store: &'s Store,
+    snapshot: crate::index::ReadTx,
+    /// Rows for every distinct chunk of this put that the snapshot did not have.
+    rows: HashMap<ChunkId, ChunkRow>,
+    pending_guard: PendingGuard<'s>,
+    record: Vec<u8>,
+    new_chunks: u64,
+    new_stored_bytes: u64,
+}
+
+/// Removes a put's chunks from the pending map when the put ends, committed or not.
+struct PendingGuard<'s> {
+    store: &'s Store,
+    mine: Vec<ChunkId>,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if self.mine.is_empty() {
+            return;
+        }
+        let mut p = self.store.inner.pending.lock().unwrap();
+        for id in &self.mine {
+            p.remove(id);
+        }
+    }
+}
+
+impl<'s> Ingest<'s> {
+    fn new(store: &'s Store) -> Self {
+        Ingest {
+            store,
+            snapshot: store.inner.index.read().expect("read transaction"),
+            rows: HashMap::new(),
+            pending_guard: PendingGuard { store, mine: Vec::new() },
+            record: Vec::new(),
+            new_chunks: 0,
+            new_stored_bytes: 0,
+        }
+    }
+
+    fn add(&mut self, data: &[u8]) -> Result<ChunkRef> {
+        let id = ChunkId::of(data);
+        let r = ChunkRef {
+            id,
+            len: data.len() as u32,
+        };
+        if self.rows.contains_key(&id) || self.snapshot.chunk(&id)?.is_some() {
+            return Ok(r);
+        }
+        if let Some(p) = self.store.inner.pending.lock().unwrap().get(&id) {
+            self.rows.insert(id, p.row);
+            return Ok(r);
+        }
+        self.record.clear();
+        record::encode_plain(
+            RecordKind::Chunk,
+            data,
+            &id.0,
+            self.store.inner.config.compression_level,
+            &mut self.record,
+        );
+        let loc = self.store.inner.packs.append(&self.record)?;
+        let row = ChunkRow {
+            loc,
+            raw_len: data.len() as u32,
+            stored_len: (self.record.len() - record::OVERHEAD) as u32,
+            refs: 0,
+        };
+        self.store.inner.pending.lock().unwrap().insert(id, Pending { row });
+        self.pending_guard.mine.push(id);
+        self.rows.insert(id, row);
+        self.new_chunks += 1;
+        self.new_stored_bytes += row.stored_len as u64;
+        Ok(r)
+    }
+}
+
+fn io_to_error(e: io::Error) -> Error {
+    // FileReader wraps engine errors in io::Error; unwrap them again.
+    match e.downcast::<Error>() {
+        Ok(inner) => inner,
+        Err(e) => Error::Io {
+            context: "reading a file".into(),
+            source: e,
+        },
+    }
+}
+
+/// A stream of one file version's bytes (or a range of them). Implements `Read` and `Seek`;
+/// positions are relative to the start of the range.
+///
+/// Errors from the engine (a corrupt chunk, say) surface as `io::Error`s wrapping
+/// [`Error`]; `io::Error::downcast::<tessera::Error>()` recovers them.
+pub struct FileReader {
+    store: Store,
+    file: FileId,
+    version: u32,
+    chunks: Vec<ChunkRef>,
+    /// `starts[i]` is the offset of chunk i; the last entry is the file size.
+    starts: Vec<u64>,
+    locs: Vec<Option<Location>>,
+    base: u64,
+    pos: u64,
+    end: u64,
+    /// Index of the chunk held in `buf`.
+    cur: Option<usize>,
+    buf: Vec<u8>,
+}
+
+/// How many chunk locations one index lookup resolves ahead.
+const LOCATE_BATCH: usize = 256;
+
+impl FileReader {
+    pub fn file_id(&self) -> FileId {
+        self.file
+    }
+
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Bytes this reader yields in total.
+    pub fn len(&self) -> u64 {
+        self.end - self.base
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn locate(&mut self, i: usize) -> Result<Location> {
+        if let Some(l) = self.locs[i] {
+            return Ok(l);
+        }
+        let r = self.store.inner.index.read()?;
+        let last = (i + LOCATE_BATCH).min(self.chunks.len());
+        for j in i..last {
+            if self.locs[j].is_some() || self.starts[j] >= self.end {
+                break;
+            }
+            let id = self.chunks[j].id;
+            let row = r.chunk(&id)?.ok_or_else(|| Error::Corrupt {
+                location: "index".into(),
+                detail: format!("chunk of file {} version {} is not indexed", self.file, self.version),
+                chunk: Some(id.to_hex()),
+            })?;
+            self.locs[j] = Some(row.loc);
+        }
+        Ok(self.locs[i].expect("located above"))
+    }
+
+    fn load(&mut self, i: usize) -> Result<()> {
+        if self.cur == Some(i) {
+            return Ok(());
+        }
+        let loc = self.locate(i)?;
+        let id = self.chunks[i].id;
+        self.cur = None;
+        self.store.read_chunk(&id, loc, &mut self.buf)?;
+        if self.buf.len() != self.chunks[i].len as usize {
+            return Err(Error::Corrupt {
+                location: format!("file {} version {}", self.file, self.version),
+                detail: format!("chunk is {} bytes, the manifest says {}", self.buf.len(), self.chunks[i].len),
+                chunk: Some(id.to_hex()),
+            });
+        }
+        self.cur = Some(i);
+        Ok(())
+    }
+}
+
+impl Read for FileReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.end || out.is_empty() {
+            return Ok(0);
+        }
+        // The chunk holding `pos`: the last one starting at or before it.
+        let i = self.starts.partition_point(|&s| s <= self.pos) - 1;
+        self.load(i).map_err(io::Error::other)?;
+        let in_chunk = (self.pos - self.starts[i]) as usize;
+        let avail = (self.buf.len() - in_chunk).min((self.end - self.pos) as usize);
+        let n = avail.min(out.len());
+        out[..n].copy_from_slice(&self.buf[in_chunk..in_chunk + n]);
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for FileReader {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let len = self.len() as i128;
+        let rel = (self.pos - self.base) as i128;
+        let target = match to {
+            SeekFrom::Start(n) => n as i128,
+            SeekFrom::End(d) => len + d as i128,
+            SeekFrom::Current(d) => rel + d as i128,
+        };
+        if target < 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"));
+        }
+        // Seeking past the end is allowed (reads then return 0), as for files.
+        self.pos = self.base + (target.min(len) as u64);
+        Ok(target as u64)
+    }
+}

@@ -1,0 +1,138 @@
+//! Input checks that do not need the store: owners, keys, display names.
+//!
+//! Nothing a user sends ever becomes a path on disk — packs are named by number — but names are
+//! shown to people and put into headers, so they are sanitised here once.
+
+use crate::error::{Error, Result};
+
+/// Longest display name kept, in bytes.
+pub const MAX_NAME_BYTES: usize = 255;
+/// Longest key, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
+/// Longest owner or category, in bytes.
+pub const MAX_LABEL_BYTES: usize = 128;
+
+fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        // Bidi overrides and isolates can disguise an extension ("txt.exe" shown as "exe.txt").
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+}
+
+/// Checks an owner or category label: non-empty, short, no control characters.
+pub fn check_label(what: &str, value: &str) -> Result<()> {
+    if value.is_empty() || value.len() > MAX_LABEL_BYTES || value.chars().any(is_unsafe_char) {
+        return Err(Error::InvalidInput(format!(
+            "{what} must be 1 to {MAX_LABEL_BYTES} bytes without control characters, got {value:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a user key: a path-like name, unique per owner. It is only ever a lookup key.
+pub fn check_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_KEY_BYTES || key.chars().any(is_unsafe_char) {
+        return Err(Error::InvalidInput(format!(
+            "key must be 1 to {MAX_KEY_BYTES} bytes without control characters, got {key:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Turns whatever a client called a file into a safe display name: the last path component,
+/// without control or bidi characters, without `..`, at most [`MAX_NAME_BYTES`], extension in
+/// lower case. Never empty.
+pub fn sanitize_display_name(original: &str) -> String {
+    let last = original
+        .rsplit(['/', '\\'])
+        .find(|s| !s.trim().is_empty())
+        .unwrap_or("");
+    let mut name = String::with_capacity(last.len());
+    for c in last.chars() {
+        if is_unsafe_char(c) || c == ':' {
+            continue;
+        }
+        // Collapse runs of dots so ".." can never appear.
+        if c == '.' && name.ends_with('.') {
+            continue;
+        }
+        name.push(c);
+    }
+    let name = name.trim().trim_start_matches('.').trim_end_matches(['.', ' ']);
+    let mut name = if name.is_empty() { "file".to_string() } else { name.to_string() };
+
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (name[..i].to_string(), name[i + 1..].to_lowercase()),
+        _ => (name.clone(), String::new()),
+    };
+    let reserved = [
+        "con", "prn", "aux", "nul", "com1", "com2", "com3", "com4", "lpt1", "lpt2", "lpt3",
+    ];
+    let stem = if reserved.contains(&stem.to_lowercase().as_str()) {
+        format!("_{stem}")
+    } else {
+        stem
+    };
+    let ext_part = if ext.is_empty() { String::new() } else { format!(".{ext}") };
+    let budget = MAX_NAME_BYTES.saturating_sub(ext_part.len()).max(1);
+    let mut stem_cut = stem.as_str();
+    while stem_cut.len() > budget {
+        let mut end = budget.min(stem_cut.len());
+        while !stem_cut.is_char_boundary(end) {
+            end -= 1;
+        }
+        stem_cut = &stem_cut[..end];
+    }
+    name = format!("{stem_cut}{ext_part}");
+    if name.len() > MAX_NAME_BYTES {
+        // Only an absurd extension gets here.
+        let mut end = MAX_NAME_BYTES;
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        name.truncate(end);
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn hostile_names_are_defused() {
+        assert_eq!(sanitize_display_name("../../etc/passwd"), "passwd");
+        assert_eq!(sanitize_display_name("C:\\Users\\x\\Report.PDF"), "Report.pdf");
+        assert_eq!(sanitize_display_name(".."), "file");
+        assert_eq!(sanitize_display_name(""), "file");
+        assert_eq!(sanitize_display_name("a..b.TXT"), "a.b.txt");
+        assert_eq!(sanitize_display_name("evil\u{202e}gpj.exe"), "evilgpj.exe");
+        assert_eq!(sanitize_display_name("new\nline\0.txt"), "newline.txt");
+        assert_eq!(sanitize_display_name(".bashrc"), "bashrc");
+        assert_eq!(sanitize_display_name("CON.txt"), "_CON.txt");
+        let long = format!("{}.JPEG", "é".repeat(300));
+        let s = sanitize_display_name(&long);
+        assert!(s.len() <= MAX_NAME_BYTES && s.ends_with(".jpeg"), "{s}");
+    }
+
+    proptest! {
+        #[test]
+        fn sanitised_names_are_always_safe(name in ".{0,400}") {
+            let s = sanitize_display_name(&name);
+            prop_assert!(!s.is_empty());
+            prop_assert!(s.len() <= MAX_NAME_BYTES);
+            prop_assert!(!s.contains('/') && !s.contains('\\') && !s.contains(".."));
+            prop_assert!(!s.chars().any(is_unsafe_char));
+            prop_assert_eq!(sanitize_display_name(&s), s.clone());
+        }
+    }
+
+    #[test]
+    fn labels_and_keys_are_checked() {
+        assert!(check_label("owner", "alice").is_ok());
+        assert!(check_label("owner", "").is_err());
+        assert!(check_label("owner", "a\tb").is_err());
+        assert!(check_key("photos/2026/a.jpg").is_ok());
+        assert!(check_key(&"k".repeat(MAX_KEY_BYTES + 1)).is_err());
+    }
+}
