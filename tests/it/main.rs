@@ -1,1 +1,8 @@
+//! The one integration-test binary (one link, shared fixtures). Each module is a concern.
 
+mod cli;
+mod common;
+mod core;
+mod crash;
+mod faults;
+mod recover;
