@@ -4,5 +4,6 @@ mod cli;
 mod common;
 mod core;
 mod crash;
+mod damage;
 mod faults;
 mod recover;
