@@ -77,6 +77,41 @@ impl Error {
         }
     }
 
+    /// An equal error for a second recipient: a group commit that fails reports the same
+    /// failure to every put in the group. `io::Error`s keep their kind and message.
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::NotFound { what } => Error::NotFound { what: what.clone() },
+            Error::Locked { path } => Error::Locked { path: path.clone() },
+            Error::NotAStore { path, reason } => Error::NotAStore {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            Error::ConfigMismatch(m) => Error::ConfigMismatch(m.clone()),
+            Error::InvalidInput(m) => Error::InvalidInput(m.clone()),
+            Error::Corrupt {
+                location,
+                detail,
+                chunk,
+            } => Error::Corrupt {
+                location: location.clone(),
+                detail: detail.clone(),
+                chunk: chunk.clone(),
+            },
+            Error::Io { context, source } => Error::Io {
+                context: context.clone(),
+                source: match source.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+            Error::Index { context, detail } => Error::Index {
+                context: context.clone(),
+                detail: detail.clone(),
+            },
+        }
+    }
+
     /// True when the error reports damaged stored data rather than a failed operation.
     pub fn is_corruption(&self) -> bool {
         matches!(self, Error::Corrupt { .. })

@@ -32,11 +32,13 @@
 
 pub mod chunking;
 pub mod clock;
+mod commit;
 pub mod error;
 pub mod id;
 pub mod index;
 pub mod maintenance;
 pub mod pack;
+mod pipeline;
 pub mod store;
 pub mod validate;
 

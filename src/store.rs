@@ -23,17 +23,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
 use crate::chunking::ChunkParams;
 use crate::clock::{Clock, SystemClock};
+use crate::commit::{Change, Committer, Target};
 use crate::error::{Error, IoContext, Result};
-use crate::id::{ChunkId, FileId, hex};
-use crate::index::{ChunkRow, FileRecord, Index, ListFilter, VersionRecord, WriteTx};
-use crate::pack::manifest::{ChunkRef, FileEvent, Manifest, VersionMeta, flags};
-use crate::pack::record::{self, RecordKind};
+use crate::id::{ChunkId, FileId};
+use crate::index::{FileRecord, Index, ListFilter, VersionRecord};
+use crate::pack::manifest::{ChunkRef, VersionMeta, flags};
+use crate::pack::record::RecordKind;
 use crate::pack::storage::{FsPackStorage, PackStorage, sync_dir};
 use crate::pack::{Location, OpenReport, Packs};
+use crate::pipeline::{self, InFlight};
 use crate::validate;
 
 /// Format of `store.json`.
@@ -58,6 +59,10 @@ pub struct Config {
     pub compression_level: i32,
     /// A pack is sealed once it reaches this size.
     pub pack_target_size: u64,
+    /// Worker threads of a put's pipeline (default: the number of cores).
+    pub threads: usize,
+    /// Cap on chunk bytes held in put pipelines at once, across all puts (default 64 MiB).
+    pub max_in_flight: u64,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -67,6 +72,8 @@ impl Default for Config {
             chunking: None,
             compression_level: 3,
             pack_target_size: 64 << 20,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_in_flight: 64 << 20,
             clock: Arc::new(SystemClock),
         }
     }
@@ -78,6 +85,8 @@ impl std::fmt::Debug for Config {
             .field("chunking", &self.chunking)
             .field("compression_level", &self.compression_level)
             .field("pack_target_size", &self.pack_target_size)
+            .field("threads", &self.threads)
+            .field("max_in_flight", &self.max_in_flight)
             .finish_non_exhaustive()
     }
 }
@@ -191,7 +200,33 @@ pub struct FileInfo {
 }
 
 impl FileInfo {
-    fn new(f: &FileRecord, v: &VersionMeta) -> Self {
+    /// Filled in by the commit; only ever seen inside `put`.
+    fn placeholder() -> Self {
+        FileInfo {
+            id: FileId(0),
+            version: 0,
+            owner: String::new(),
+            key: None,
+            display_name: String::new(),
+            original_name: None,
+            category: String::new(),
+            mime: String::new(),
+            size: 0,
+            blake3: String::new(),
+            sha256: String::new(),
+            created_ms: 0,
+            updated_ms: 0,
+            accessed_ms: 0,
+            public: false,
+            processed: false,
+            quarantined: false,
+            deleted: false,
+            deleted_ms: None,
+            metadata: serde_json::Value::Null,
+        }
+    }
+
+    pub(crate) fn new(f: &FileRecord, v: &VersionMeta) -> Self {
         FileInfo {
             id: f.id,
             version: v.version,
@@ -290,12 +325,6 @@ pub struct StoreStats {
     pub chunking: ChunkParams,
 }
 
-/// A chunk not yet in the index: written by a put that has not committed.
-#[derive(Clone, Copy)]
-struct Pending {
-    row: ChunkRow,
-}
-
 pub(crate) struct Inner {
     pub dir: PathBuf,
     pub identity: Identity,
@@ -303,10 +332,13 @@ pub(crate) struct Inner {
     pub index: Index,
     pub packs: Packs,
     pub open_report: OpenReport,
-    /// Chunks appended by puts in flight, so concurrent puts of the same data share one copy.
-    pending: Mutex<HashMap<ChunkId, Pending>>,
+    /// Chunks claimed by puts in flight, so concurrent puts of the same data write one copy.
+    pub pending: Mutex<HashMap<ChunkId, pipeline::Slot>>,
     /// Access times not yet written to the index (written with the next commit or on close).
-    touched: Mutex<HashMap<FileId, i64>>,
+    pub touched: Mutex<HashMap<FileId, i64>>,
+    /// Bytes of chunk data in put pipelines, capped.
+    pub in_flight: Arc<InFlight>,
+    pub committer: Committer,
     _lock: File,
 }
 
@@ -453,6 +485,13 @@ impl Store {
         if config.pack_target_size < 1 << 20 {
             return Err(Error::InvalidInput("pack_target_size must be at least 1 MiB".into()));
         }
+        // Room for a few maximal chunks, so the pipeline always makes progress.
+        let min_in_flight = 4 * identity.chunking.max_size as u64;
+        if config.max_in_flight < min_in_flight {
+            return Err(Error::InvalidInput(format!(
+                "max_in_flight must be at least {min_in_flight} bytes (four maximal chunks)"
+            )));
+        }
         let ipath = index_path(dir);
         if !ipath.exists() {
             return Err(Error::NotAStore {
@@ -483,6 +522,7 @@ impl Store {
             ),
         };
         let (packs, open_report) = Packs::open(storage, store_id, config.pack_target_size, &known)?;
+        let in_flight = Arc::new(InFlight::new(config.max_in_flight));
         Ok(Store {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
@@ -493,6 +533,8 @@ impl Store {
                 open_report,
                 pending: Mutex::new(HashMap::new()),
                 touched: Mutex::new(HashMap::new()),
+                in_flight,
+                committer: Committer::new(),
                 _lock: lock,
             }),
         })
@@ -515,6 +557,11 @@ impl Store {
         &self.inner
     }
 
+    /// Chunk bytes in put pipelines now, and the most there have ever been at once.
+    pub fn in_flight(&self) -> (u64, u64) {
+        self.inner.in_flight.usage()
+    }
+
     fn now(&self) -> i64 {
         self.inner.config.clock.now_ms()
     }
@@ -522,9 +569,50 @@ impl Store {
     // ---------------------------------------------------------------- put
 
     /// Stores the bytes of `source` as a new file, or as a new version of the file at
-    /// `opts.key`. Streams: memory use does not grow with the size of the input. When this
-    /// returns `Ok`, the version is durable.
+    /// `opts.key`. Streams through the parallel pipeline: memory in flight stays under
+    /// `Config::max_in_flight` whatever the size of the input. When this returns `Ok`, the
+    /// version is durable.
     pub fn put(&self, source: impl Read, opts: &PutOptions) -> Result<PutReport> {
+        let prepared = self.prepare_put(opts)?;
+        let ingested = pipeline::ingest(&self.inner, source)?;
+        let (change, report) = prepared.change(&ingested);
+        let file = self.inner.committer.commit(&self.inner, change)?;
+        drop(ingested);
+        Ok(PutReport { file, ..report })
+    }
+
+    /// Stores many inputs and commits them together: one fsync pair for the whole batch
+    /// instead of one per file. Each input succeeds or fails on its own; every `Ok` is durable
+    /// when this returns.
+    pub fn put_many<R: Read>(&self, items: impl IntoIterator<Item = (R, PutOptions)>) -> Vec<Result<PutReport>> {
+        let mut results: Vec<Option<Result<PutReport>>> = Vec::new();
+        let mut pending = Vec::new();
+        let mut changes = Vec::new();
+        for (source, opts) in items {
+            let slot = results.len();
+            results.push(None);
+            let ingested = self
+                .prepare_put(&opts)
+                .and_then(|p| pipeline::ingest(&self.inner, source).map(|i| (p, i)));
+            match ingested {
+                Ok((prepared, ingested)) => {
+                    let (change, report) = prepared.change(&ingested);
+                    changes.push(change);
+                    pending.push((slot, report, ingested));
+                }
+                Err(e) => results[slot] = Some(Err(e)),
+            }
+        }
+        let committed = self.inner.committer.commit_all(&self.inner, changes);
+        for ((slot, report, ingested), outcome) in pending.into_iter().zip(committed) {
+            results[slot] = Some(outcome.map(|file| PutReport { file, ..report }));
+            drop(ingested);
+        }
+        results.into_iter().map(|r| r.expect("every item has a result")).collect()
+    }
+
+    /// Validates a put's options and derives its names and MIME type.
+    fn prepare_put(&self, opts: &PutOptions) -> Result<PreparedPut> {
         validate::check_label("owner", &opts.owner)?;
         if let Some(key) = &opts.key {
             validate::check_key(key)?;
@@ -543,187 +631,25 @@ impl Store {
                 .unwrap_or("application/octet-stream")
                 .to_string(),
         };
-
-        let mut ingest = Ingest::new(self);
-        let mut whole_b3 = blake3::Hasher::new();
-        let mut whole_sha = sha2::Sha256::new();
-        let mut size = 0u64;
-        let mut chunks = Vec::new();
-        for chunk in self.inner.identity.chunking.chunker(source) {
-            let chunk = chunk.ctx(|| "reading the input".into())?;
-            whole_b3.update(&chunk.data);
-            whole_sha.update(&chunk.data);
-            size += chunk.data.len() as u64;
-            chunks.push(ingest.add(&chunk.data)?);
-        }
-        let template = VersionMeta {
-            file_id: FileId(0),
-            version: 0,
-            owner: opts.owner.clone(),
-            key: opts.key.clone(),
-            display_name: display_name.clone(),
-            original_name: original.filter(|o| *o != display_name),
-            category: category.to_string(),
-            mime,
-            size,
-            blake3: whole_b3.finalize().to_hex().to_string(),
-            sha256: hex(&whole_sha.finalize()),
-            file_created_ms: 0,
-            created_ms: 0,
-            flags: if opts.public { flags::PUBLIC } else { 0 },
-            metadata: opts.metadata.clone(),
-            restored_from: None,
-        };
-        let (new_chunks, new_stored_bytes) = (ingest.new_chunks, ingest.new_stored_bytes);
-        let rows = ingest.rows;
-        let file = self.commit_version(Target::ByKey, template, chunks.clone(), |id| {
-            rows.get(id).copied()
-        })?;
-        drop(ingest.pending_guard);
-        Ok(PutReport {
-            file,
-            chunks: chunks.len() as u64,
-            new_chunks,
-            new_stored_bytes,
-        })
-    }
-
-    /// Appends a manifest for a new version and commits it. `template` has everything but the
-    /// file id, version number and times, which are decided here under the write lock.
-    fn commit_version(
-        &self,
-        target: Target,
-        mut meta: VersionMeta,
-        chunks: Vec<ChunkRef>,
-        row_for: impl FnMut(&ChunkId) -> Option<ChunkRow>,
-    ) -> Result<FileInfo> {
-        let inner = &self.inner;
-        let w = inner.index.write()?;
-        let now = self.now();
-        let existing = match target {
-            Target::ByKey => match &meta.key {
-                Some(key) => w.file_by_key(&meta.owner, key)?,
-                None => None,
+        Ok(PreparedPut {
+            meta: VersionMeta {
+                file_id: FileId(0),
+                version: 0,
+                owner: opts.owner.clone(),
+                key: opts.key.clone(),
+                original_name: original.filter(|o| *o != display_name),
+                display_name,
+                category: category.to_string(),
+                mime,
+                size: 0,
+                blake3: String::new(),
+                sha256: String::new(),
+                file_created_ms: 0,
+                created_ms: 0,
+                flags: if opts.public { flags::PUBLIC } else { 0 },
+                metadata: opts.metadata.clone(),
+                restored_from: None,
             },
-            Target::Existing(id) => Some(
-                w.file(id)?
-                    .ok_or_else(|| Error::not_found(format!("file {id}")))?,
-            ),
-        };
-        match &existing {
-            Some(f) => {
-                meta.file_id = f.id;
-                meta.version = f.latest + 1;
-                meta.file_created_ms = f.created_ms;
-                meta.category = f.category.clone();
-                // The clock may step back; versions must not.
-                meta.created_ms = now.max(f.updated_ms);
-            }
-            None => {
-                meta.file_id = FileId::new();
-                meta.version = 1;
-                meta.file_created_ms = now;
-                meta.created_ms = now;
-            }
-        }
-        let manifest = Manifest { meta, chunks };
-        let plain = manifest.encode();
-        let mut rec = Vec::with_capacity(plain.len() / 2 + record::OVERHEAD);
-        record::encode_plain(
-            RecordKind::Manifest,
-            &plain,
-            &ChunkId::of(&plain).0,
-            inner.config.compression_level,
-            &mut rec,
-        );
-        let mloc = inner.packs.append(&rec)?;
-        let result = self.finish_commit(w, mloc, |w| {
-            let (file, missing) = w.apply_version(&manifest.meta, &manifest.chunks, mloc, row_for)?;
-            if let Some(id) = missing.first() {
-                return Err(Error::Corrupt {
-                    location: "index".into(),
-                    detail: format!("{} chunk(s) of the new version are not stored", missing.len()),
-                    chunk: Some(id.to_hex()),
-                });
-            }
-            Ok(FileInfo::new(&file, &manifest.meta))
-        });
-        result
-    }
-
-    /// Makes the packs durable, applies `apply` to the open write transaction, records the pack
-    /// state and commits. If anything fails after the record at `appended` was written, a
-    /// revocation is appended so that `recover` never replays it.
-    fn finish_commit<T>(
-        &self,
-        mut w: WriteTx,
-        appended: Location,
-        apply: impl FnOnce(&mut WriteTx) -> Result<T>,
-    ) -> Result<T> {
-        let inner = &self.inner;
-        let attempt = (|| {
-            let states = inner.packs.sync()?;
-            let out = apply(&mut w)?;
-            w.set_packs(&states)?;
-            for (id, at) in inner.touched.lock().unwrap().drain() {
-                w.touch(id, at)?;
-            }
-            w.commit()?;
-            Ok((out, states))
-        })();
-        match attempt {
-            Ok((out, states)) => {
-                inner.packs.committed(&states);
-                Ok(out)
-            }
-            Err(e) => {
-                self.revoke(appended);
-                Err(e)
-            }
-        }
-    }
-
-    /// Best effort: marks the record at `loc` as never committed.
-    fn revoke(&self, loc: Location) {
-        let ev = FileEvent::Revoke {
-            pack: loc.pack,
-            offset: loc.offset,
-        }
-        .encode();
-        let mut rec = Vec::new();
-        record::encode_plain(RecordKind::Event, &ev, &ChunkId::of(&ev).0, 0, &mut rec);
-        let done = self.inner.packs.append(&rec).and_then(|_| self.inner.packs.sync());
-        if let Err(e) = done {
-            tracing::error!(
-                pack = loc.pack,
-                offset = loc.offset,
-                "could not revoke an uncommitted record ({e}); `recover` may replay it"
-            );
-        }
-    }
-
-    /// Appends a file event and commits the change it describes.
-    fn commit_event(&self, id: FileId, make: impl FnOnce(&FileRecord, i64) -> Option<FileEvent>) -> Result<FileInfo> {
-        let inner = &self.inner;
-        let w = inner.index.write()?;
-        let file = w.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?;
-        let Some(event) = make(&file, self.now()) else {
-            // Nothing to change (already deleted, or not deleted).
-            let v = w
-                .version(id, file.latest)?
-                .ok_or_else(|| Error::corrupt("index", format!("file {id} has no version {}", file.latest)))?;
-            return Ok(FileInfo::new(&file, &v.meta));
-        };
-        let plain = event.encode();
-        let mut rec = Vec::new();
-        record::encode_plain(RecordKind::Event, &plain, &ChunkId::of(&plain).0, 0, &mut rec);
-        let loc = inner.packs.append(&rec)?;
-        self.finish_commit(w, loc, |w| {
-            let file = w.apply_event(&event)?.expect("delete and undelete change a file");
-            let v = w
-                .version(id, file.latest)?
-                .ok_or_else(|| Error::corrupt("index", format!("file {id} has no version {}", file.latest)))?;
-            Ok(FileInfo::new(&file, &v.meta))
         })
     }
 
@@ -862,16 +788,12 @@ impl Store {
     /// Soft delete: the file disappears from reads and listings; its data stays until purged.
     /// Deleting a deleted file changes nothing.
     pub fn delete(&self, id: FileId) -> Result<FileInfo> {
-        self.commit_event(id, |f, now| {
-            f.deleted_ms.is_none().then_some(FileEvent::Delete { file_id: id, at_ms: now })
-        })
+        self.inner.committer.commit(&self.inner, Change::Delete(id))
     }
 
     /// Undoes a soft delete. Undeleting a live file changes nothing.
     pub fn undelete(&self, id: FileId) -> Result<FileInfo> {
-        self.commit_event(id, |f, now| {
-            f.deleted_ms.is_some().then_some(FileEvent::Undelete { file_id: id, at_ms: now })
-        })
+        self.inner.committer.commit(&self.inner, Change::Undelete(id))
     }
 
     /// Makes old `version` the current content again, as a new version (history is kept).
@@ -890,7 +812,13 @@ impl Store {
         meta.restored_from = Some(version);
         meta.flags = f.flags;
         // Every chunk of an indexed version is indexed, so no rows are needed.
-        self.commit_version(Target::Existing(id), meta, chunks, |_| None)
+        let change = Change::Version {
+            target: Target::Existing(id),
+            meta,
+            chunks,
+            rows: HashMap::new(),
+        };
+        self.inner.committer.commit(&self.inner, change)
     }
 
     /// Store-wide figures.
@@ -970,91 +898,31 @@ impl Drop for Inner {
     }
 }
 
-enum Target {
-    /// The file at the manifest's (owner, key), or a new file.
-    ByKey,
-    /// This existing file.
-    Existing(FileId),
+/// A put's options, checked, waiting for its content.
+struct PreparedPut {
+    meta: VersionMeta,
 }
 
-/// The chunk-writing half of a put: dedup against the index and against puts in flight,
-/// compress and append what is new.
-struct Ingest<'s> {
-    store: &'s Store,
-    snapshot: crate::index::ReadTx,
-    /// Rows for every distinct chunk of this put that the snapshot did not have.
-    rows: HashMap<ChunkId, ChunkRow>,
-    pending_guard: PendingGuard<'s>,
-    record: Vec<u8>,
-    new_chunks: u64,
-    new_stored_bytes: u64,
-}
-
-/// Removes a put's chunks from the pending map when the put ends, committed or not.
-struct PendingGuard<'s> {
-    store: &'s Store,
-    mine: Vec<ChunkId>,
-}
-
-impl Drop for PendingGuard<'_> {
-    fn drop(&mut self) {
-        if self.mine.is_empty() {
-            return;
-        }
-        let mut p = self.store.inner.pending.lock().unwrap();
-        for id in &self.mine {
-            p.remove(id);
-        }
-    }
-}
-
-impl<'s> Ingest<'s> {
-    fn new(store: &'s Store) -> Self {
-        Ingest {
-            store,
-            snapshot: store.inner.index.read().expect("read transaction"),
-            rows: HashMap::new(),
-            pending_guard: PendingGuard { store, mine: Vec::new() },
-            record: Vec::new(),
-            new_chunks: 0,
-            new_stored_bytes: 0,
-        }
-    }
-
-    fn add(&mut self, data: &[u8]) -> Result<ChunkRef> {
-        let id = ChunkId::of(data);
-        let r = ChunkRef {
-            id,
-            len: data.len() as u32,
+impl PreparedPut {
+    /// The change that commits the ingested content, and the report minus the file.
+    fn change(self, ingested: &pipeline::Ingested<'_>) -> (Change, PutReport) {
+        let mut meta = self.meta;
+        meta.size = ingested.size;
+        meta.blake3 = ingested.blake3.clone();
+        meta.sha256 = ingested.sha256.clone();
+        let report = PutReport {
+            file: FileInfo::placeholder(),
+            chunks: ingested.chunks.len() as u64,
+            new_chunks: ingested.new_chunks,
+            new_stored_bytes: ingested.new_stored_bytes,
         };
-        if self.rows.contains_key(&id) || self.snapshot.chunk(&id)?.is_some() {
-            return Ok(r);
-        }
-        if let Some(p) = self.store.inner.pending.lock().unwrap().get(&id) {
-            self.rows.insert(id, p.row);
-            return Ok(r);
-        }
-        self.record.clear();
-        record::encode_plain(
-            RecordKind::Chunk,
-            data,
-            &id.0,
-            self.store.inner.config.compression_level,
-            &mut self.record,
-        );
-        let loc = self.store.inner.packs.append(&self.record)?;
-        let row = ChunkRow {
-            loc,
-            raw_len: data.len() as u32,
-            stored_len: (self.record.len() - record::OVERHEAD) as u32,
-            refs: 0,
+        let change = Change::Version {
+            target: Target::ByKey,
+            meta,
+            chunks: ingested.chunks.clone(),
+            rows: ingested.rows.clone(),
         };
-        self.store.inner.pending.lock().unwrap().insert(id, Pending { row });
-        self.pending_guard.mine.push(id);
-        self.rows.insert(id, row);
-        self.new_chunks += 1;
-        self.new_stored_bytes += row.stored_len as u64;
-        Ok(r)
+        (change, report)
     }
 }
 

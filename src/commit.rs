@@ -1,0 +1,309 @@
+//! The commit protocol, with group commit.
+//!
+//! Every change to the index — a new version, a delete, an undelete — goes through
+//! [`Committer`]. Callers queue their changes; whichever caller gets the leader lock takes the
+//! whole queue and commits it in one index transaction: for each change it decides file id and
+//! version number, appends the manifest or event record, and applies it to the transaction; then
+//! one `Packs::sync` makes all of it (and every chunk the changes reference) durable, and one
+//! redb commit publishes it. Each caller returns only after the commit that holds its change.
+//! So many small puts share one fsync pair without any put returning before it is durable.
+//!
+//! Manifests and events are appended only by the leader, inside the write transaction, so their
+//! order in the packs is the commit order `recover` replays.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::error::{Error, Result};
+use crate::id::{ChunkId, FileId};
+use crate::index::{ChunkRow, FileRecord, WriteTx};
+use crate::pack::Location;
+use crate::pack::manifest::{ChunkRef, FileEvent, Manifest, VersionMeta};
+use crate::pack::record::{self, RecordKind};
+use crate::store::{FileInfo, Inner};
+
+/// Most changes committed in one index transaction.
+const MAX_GROUP: usize = 4096;
+
+/// Which file a new version belongs to.
+pub(crate) enum Target {
+    /// The file at the manifest's (owner, key), or a new file when there is none (or no key).
+    ByKey,
+    /// This existing file.
+    Existing(FileId),
+}
+
+/// One change to commit.
+pub(crate) enum Change {
+    Version {
+        target: Target,
+        /// Everything but file id, version number and times, which the leader decides.
+        meta: VersionMeta,
+        chunks: Vec<ChunkRef>,
+        /// Rows of chunks the index may not have yet (written by this change's put).
+        rows: HashMap<ChunkId, ChunkRow>,
+    },
+    Delete(FileId),
+    Undelete(FileId),
+}
+
+struct Job {
+    change: Change,
+    reply: Sender<Result<FileInfo>>,
+}
+
+/// Serialises and batches commits.
+pub(crate) struct Committer {
+    queue: Mutex<Vec<Job>>,
+    leader: Mutex<()>,
+}
+
+impl Committer {
+    pub fn new() -> Self {
+        Committer {
+            queue: Mutex::new(Vec::new()),
+            leader: Mutex::new(()),
+        }
+    }
+
+    /// Commits `change`, possibly in one transaction with other threads' changes.
+    pub fn commit(&self, inner: &Inner, change: Change) -> Result<FileInfo> {
+        self.commit_all(inner, vec![change]).pop().expect("one result per change")
+    }
+
+    /// Commits `changes` (in this order) and returns one result per change. A change that
+    /// cannot apply (unknown file, say) fails alone; a failure of the commit itself fails every
+    /// change in the group.
+    pub fn commit_all(&self, inner: &Inner, changes: Vec<Change>) -> Vec<Result<FileInfo>> {
+        let mut receivers: Vec<Receiver<Result<FileInfo>>> = Vec::with_capacity(changes.len());
+        {
+            let mut q = self.queue.lock().unwrap();
+            for change in changes {
+                let (reply, rx) = crossbeam_channel::bounded(1);
+                q.push(Job { change, reply });
+                receivers.push(rx);
+            }
+        }
+        {
+            // Whoever holds the leader lock commits everything queued. Once we hold it, our jobs
+            // are either done (a previous leader took them) or still queued for us.
+            let _leader = self.leader.lock().unwrap();
+            loop {
+                let batch: Vec<Job> = {
+                    let mut q = self.queue.lock().unwrap();
+                    let n = q.len().min(MAX_GROUP);
+                    q.drain(..n).collect()
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                commit_group(inner, batch);
+                if receivers.iter().all(|r| !r.is_empty()) {
+                    break;
+                }
+            }
+        }
+        receivers
+            .into_iter()
+            .map(|rx| rx.recv().expect("every job gets a reply"))
+            .collect()
+    }
+}
+
+/// A change checked against the transaction, ready to append and apply.
+enum Prepared {
+    Version {
+        meta: VersionMeta,
+        chunks: Vec<ChunkRef>,
+        rows: HashMap<ChunkId, ChunkRow>,
+    },
+    Event(FileEvent),
+    /// Nothing to do (deleting a deleted file); reply with the file as it is.
+    Nothing(FileId),
+}
+
+fn commit_group(inner: &Inner, batch: Vec<Job>) {
+    let mut w = match inner.index.write() {
+        Ok(w) => w,
+        Err(e) => return fail_all(batch.into_iter().map(|j| j.reply), &e),
+    };
+    let now = inner.config.clock.now_ms();
+    let mut appended: Vec<Location> = Vec::new();
+    let mut done: Vec<(Sender<Result<FileInfo>>, FileInfo)> = Vec::new();
+    let mut fatal = None;
+    for job in batch {
+        if fatal.is_some() {
+            let _ = job.reply.send(Err(Error::Index {
+                context: "committing a group".into(),
+                detail: "an earlier change in the group failed".into(),
+            }));
+            continue;
+        }
+        // Checks first: a change that cannot apply fails alone, before anything is written.
+        let prepared = match prepare(&w, now, job.change) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = job.reply.send(Err(e));
+                continue;
+            }
+        };
+        match apply(inner, &mut w, prepared, &mut appended) {
+            Ok(info) => done.push((job.reply, info)),
+            Err(e) => {
+                let _ = job.reply.send(Err(e.duplicate()));
+                fatal = Some(e);
+            }
+        }
+    }
+    let result = match fatal {
+        Some(e) => Err(e),
+        None => finish(inner, w),
+    };
+    match result {
+        Ok(()) => {
+            for (reply, info) in done {
+                let _ = reply.send(Ok(info));
+            }
+        }
+        Err(e) => {
+            for loc in appended {
+                revoke(inner, loc);
+            }
+            fail_all(done.into_iter().map(|(r, _)| r), &e);
+        }
+    }
+}
+
+fn fail_all(replies: impl Iterator<Item = Sender<Result<FileInfo>>>, e: &Error) {
+    for r in replies {
+        let _ = r.send(Err(e.duplicate()));
+    }
+}
+
+fn prepare(w: &WriteTx, now: i64, change: Change) -> Result<Prepared> {
+    match change {
+        Change::Version {
+            target,
+            mut meta,
+            chunks,
+            rows,
+        } => {
+            let existing = match target {
+                Target::ByKey => match &meta.key {
+                    Some(key) => w.file_by_key(&meta.owner, key)?,
+                    None => None,
+                },
+                Target::Existing(id) => Some(w.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?),
+            };
+            match &existing {
+                Some(f) => {
+                    meta.file_id = f.id;
+                    meta.version = f.latest + 1;
+                    meta.file_created_ms = f.created_ms;
+                    meta.category = f.category.clone();
+                    // The clock may step back; versions must not.
+                    meta.created_ms = now.max(f.updated_ms);
+                }
+                None => {
+                    meta.file_id = FileId::new();
+                    meta.version = 1;
+                    meta.file_created_ms = now;
+                    meta.created_ms = now;
+                }
+            }
+            let mut checked = HashSet::new();
+            for c in &chunks {
+                if checked.insert(c.id) && !rows.contains_key(&c.id) && w.chunk(&c.id)?.is_none() {
+                    return Err(Error::Corrupt {
+                        location: "index".into(),
+                        detail: "a chunk of the new version is not stored".into(),
+                        chunk: Some(c.id.to_hex()),
+                    });
+                }
+            }
+            Ok(Prepared::Version { meta, chunks, rows })
+        }
+        Change::Delete(id) => {
+            let f = w.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?;
+            Ok(match f.deleted_ms {
+                None => Prepared::Event(FileEvent::Delete { file_id: id, at_ms: now }),
+                Some(_) => Prepared::Nothing(id),
+            })
+        }
+        Change::Undelete(id) => {
+            let f = w.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?;
+            Ok(match f.deleted_ms {
+                Some(_) => Prepared::Event(FileEvent::Undelete { file_id: id, at_ms: now }),
+                None => Prepared::Nothing(id),
+            })
+        }
+    }
+}
+
+fn apply(inner: &Inner, w: &mut WriteTx, prepared: Prepared, appended: &mut Vec<Location>) -> Result<FileInfo> {
+    match prepared {
+        Prepared::Version { meta, chunks, rows } => {
+            let manifest = Manifest { meta, chunks };
+            let plain = manifest.encode();
+            let loc = append(inner, RecordKind::Manifest, &plain, inner.config.compression_level)?;
+            appended.push(loc);
+            let (file, missing) = w.apply_version(&manifest.meta, &manifest.chunks, loc, |id| rows.get(id).copied())?;
+            debug_assert!(missing.is_empty(), "prepare checked every chunk");
+            Ok(FileInfo::new(&file, &manifest.meta))
+        }
+        Prepared::Event(event) => {
+            let loc = append(inner, RecordKind::Event, &event.encode(), 0)?;
+            appended.push(loc);
+            let file = w.apply_event(&event)?.expect("delete and undelete change a file");
+            current_info(w, &file)
+        }
+        Prepared::Nothing(id) => {
+            let file = w.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?;
+            current_info(w, &file)
+        }
+    }
+}
+
+fn current_info(w: &WriteTx, file: &FileRecord) -> Result<FileInfo> {
+    let v = w
+        .version(file.id, file.latest)?
+        .ok_or_else(|| Error::corrupt("index", format!("file {} has no version {}", file.id, file.latest)))?;
+    Ok(FileInfo::new(file, &v.meta))
+}
+
+fn append(inner: &Inner, kind: RecordKind, plain: &[u8], level: i32) -> Result<Location> {
+    let mut rec = Vec::with_capacity(plain.len() + record::OVERHEAD);
+    record::encode_plain(kind, plain, &ChunkId::of(plain).0, level, &mut rec);
+    inner.packs.append(&rec)
+}
+
+/// Makes the packs durable, records their state and access times, and commits.
+fn finish(inner: &Inner, mut w: WriteTx) -> Result<()> {
+    let states = inner.packs.sync()?;
+    w.set_packs(&states)?;
+    let touched: Vec<(FileId, i64)> = inner.touched.lock().unwrap().drain().collect();
+    for (id, at) in touched {
+        w.touch(id, at)?;
+    }
+    w.commit()?;
+    inner.packs.committed(&states);
+    Ok(())
+}
+
+/// Best effort: marks the record at `loc` as never committed, so `recover` skips it.
+fn revoke(inner: &Inner, loc: Location) {
+    let ev = FileEvent::Revoke {
+        pack: loc.pack,
+        offset: loc.offset,
+    };
+    let done = append(inner, RecordKind::Event, &ev.encode(), 0).and_then(|_| inner.packs.sync());
+    if let Err(e) = done {
+        tracing::error!(
+            pack = loc.pack,
+            offset = loc.offset,
+            "could not revoke an uncommitted record ({e}); `recover` may replay it"
+        );
+    }
+}
