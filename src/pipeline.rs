@@ -279,27 +279,16 @@ pub(crate) fn ingest<'s>(inner: &'s Inner, source: impl Read) -> Result<Ingested
         Some(_) => chunker.next().transpose().ctx(|| "reading the input".into())?,
         None => None,
     };
+    let second_exists = second.is_some();
     let (chunks, rows, size, digests, new_chunks, new_stored_bytes) = {
         let writer = ChunkWriter::new(inner, &claims);
         let mut digests = Digests::new();
-        let (chunks, size) = match (first, second) {
-            (first, None) => {
-                // Inline: zero or one chunk.
-                let mut chunks = Vec::new();
-                let mut size = 0;
-                if let Some(c) = first {
-                    digests.update(&c.data);
-                    size = c.data.len() as u64;
-                    let snapshot = inner.index.read()?;
-                    chunks.push(writer.add(&snapshot, 0, &c.data, &mut Vec::new())?);
-                }
-                (chunks, size)
-            }
-            (Some(first), Some(second)) => {
-                let rest = [Ok(first), Ok(second)].into_iter().chain(chunker);
-                run_parallel(inner, &writer, rest, &mut digests)?
-            }
-            (None, Some(_)) => unreachable!("a second chunk without a first"),
+        let head = first.into_iter().chain(second).map(Ok);
+        let (chunks, size) = if second_exists && inner.config.threads > 1 {
+            run_parallel(inner, &writer, head.chain(chunker), &mut digests)?
+        } else {
+            // Zero or one chunk (or a store configured without worker threads): no threads.
+            run_inline(inner, &writer, head.chain(chunker), &mut digests)?
         };
         let rows = writer.rows.into_inner().unwrap();
         (
@@ -322,6 +311,26 @@ pub(crate) fn ingest<'s>(inner: &'s Inner, source: impl Read) -> Result<Ingested
         new_stored_bytes,
         _claims: claims,
     })
+}
+
+/// The same work as [`run_parallel`], on the calling thread.
+fn run_inline(
+    inner: &Inner,
+    writer: &ChunkWriter<'_>,
+    chunks: impl Iterator<Item = std::io::Result<crate::chunking::Chunk>>,
+    digests: &mut Digests,
+) -> Result<(Vec<ChunkRef>, u64)> {
+    let snapshot = inner.index.read()?;
+    let mut record = Vec::new();
+    let mut out = Vec::new();
+    let mut size = 0;
+    for (seq, chunk) in chunks.enumerate() {
+        let chunk = chunk.ctx(|| "reading the input".into())?;
+        digests.update(&chunk.data);
+        size += chunk.data.len() as u64;
+        out.push(writer.add(&snapshot, seq, &chunk.data, &mut record)?);
+    }
+    Ok((out, size))
 }
 
 /// The threaded pipeline for inputs of two or more chunks.

@@ -6,4 +6,5 @@ mod core;
 mod crash;
 mod damage;
 mod faults;
+mod pipeline;
 mod recover;
