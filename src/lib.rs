@@ -39,6 +39,7 @@ pub mod index;
 pub mod maintenance;
 pub mod pack;
 mod pipeline;
+mod reader;
 pub mod store;
 pub mod validate;
 

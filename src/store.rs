@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -30,11 +30,12 @@ use crate::commit::{Change, Committer, Target};
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, FileId};
 use crate::index::{FileRecord, Index, ListFilter, VersionRecord};
-use crate::pack::manifest::{ChunkRef, VersionMeta, flags};
+use crate::pack::manifest::{VersionMeta, flags};
 use crate::pack::record::RecordKind;
 use crate::pack::storage::{FsPackStorage, PackStorage, sync_dir};
 use crate::pack::{Location, OpenReport, Packs};
 use crate::pipeline::{self, InFlight};
+pub use crate::reader::FileReader;
 use crate::validate;
 
 /// Format of `store.json`.
@@ -740,27 +741,8 @@ impl Store {
                 range.start, range.end
             )));
         }
-        let mut starts = Vec::with_capacity(chunks.len() + 1);
-        let mut at = 0u64;
-        for c in &chunks {
-            starts.push(at);
-            at += c.len as u64;
-        }
-        starts.push(at);
         self.inner.touched.lock().unwrap().insert(id, self.now());
-        Ok(FileReader {
-            store: self.clone(),
-            file: id,
-            version,
-            locs: vec![None; chunks.len()],
-            chunks,
-            starts,
-            base: range.start,
-            pos: range.start,
-            end: range.end,
-            cur: None,
-            buf: Vec::new(),
-        })
+        Ok(FileReader::new(self.clone(), id, version, chunks, range))
     }
 
     /// A page of files matching `q`.
@@ -934,123 +916,5 @@ fn io_to_error(e: io::Error) -> Error {
             context: "reading a file".into(),
             source: e,
         },
-    }
-}
-
-/// A stream of one file version's bytes (or a range of them). Implements `Read` and `Seek`;
-/// positions are relative to the start of the range.
-///
-/// Errors from the engine (a corrupt chunk, say) surface as `io::Error`s wrapping
-/// [`Error`]; `io::Error::downcast::<tessera::Error>()` recovers them.
-pub struct FileReader {
-    store: Store,
-    file: FileId,
-    version: u32,
-    chunks: Vec<ChunkRef>,
-    /// `starts[i]` is the offset of chunk i; the last entry is the file size.
-    starts: Vec<u64>,
-    locs: Vec<Option<Location>>,
-    base: u64,
-    pos: u64,
-    end: u64,
-    /// Index of the chunk held in `buf`.
-    cur: Option<usize>,
-    buf: Vec<u8>,
-}
-
-/// How many chunk locations one index lookup resolves ahead.
-const LOCATE_BATCH: usize = 256;
-
-impl FileReader {
-    pub fn file_id(&self) -> FileId {
-        self.file
-    }
-
-    pub fn version(&self) -> u32 {
-        self.version
-    }
-
-    /// Bytes this reader yields in total.
-    pub fn len(&self) -> u64 {
-        self.end - self.base
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn locate(&mut self, i: usize) -> Result<Location> {
-        if let Some(l) = self.locs[i] {
-            return Ok(l);
-        }
-        let r = self.store.inner.index.read()?;
-        let last = (i + LOCATE_BATCH).min(self.chunks.len());
-        for j in i..last {
-            if self.locs[j].is_some() || self.starts[j] >= self.end {
-                break;
-            }
-            let id = self.chunks[j].id;
-            let row = r.chunk(&id)?.ok_or_else(|| Error::Corrupt {
-                location: "index".into(),
-                detail: format!("chunk of file {} version {} is not indexed", self.file, self.version),
-                chunk: Some(id.to_hex()),
-            })?;
-            self.locs[j] = Some(row.loc);
-        }
-        Ok(self.locs[i].expect("located above"))
-    }
-
-    fn load(&mut self, i: usize) -> Result<()> {
-        if self.cur == Some(i) {
-            return Ok(());
-        }
-        let loc = self.locate(i)?;
-        let id = self.chunks[i].id;
-        self.cur = None;
-        self.store.read_chunk(&id, loc, &mut self.buf)?;
-        if self.buf.len() != self.chunks[i].len as usize {
-            return Err(Error::Corrupt {
-                location: format!("file {} version {}", self.file, self.version),
-                detail: format!("chunk is {} bytes, the manifest says {}", self.buf.len(), self.chunks[i].len),
-                chunk: Some(id.to_hex()),
-            });
-        }
-        self.cur = Some(i);
-        Ok(())
-    }
-}
-
-impl Read for FileReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if self.pos >= self.end || out.is_empty() {
-            return Ok(0);
-        }
-        // The chunk holding `pos`: the last one starting at or before it.
-        let i = self.starts.partition_point(|&s| s <= self.pos) - 1;
-        self.load(i).map_err(io::Error::other)?;
-        let in_chunk = (self.pos - self.starts[i]) as usize;
-        let avail = (self.buf.len() - in_chunk).min((self.end - self.pos) as usize);
-        let n = avail.min(out.len());
-        out[..n].copy_from_slice(&self.buf[in_chunk..in_chunk + n]);
-        self.pos += n as u64;
-        Ok(n)
-    }
-}
-
-impl Seek for FileReader {
-    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        let len = self.len() as i128;
-        let rel = (self.pos - self.base) as i128;
-        let target = match to {
-            SeekFrom::Start(n) => n as i128,
-            SeekFrom::End(d) => len + d as i128,
-            SeekFrom::Current(d) => rel + d as i128,
-        };
-        if target < 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"));
-        }
-        // Seeking past the end is allowed (reads then return 0), as for files.
-        self.pos = self.base + (target.min(len) as u64);
-        Ok(target as u64)
     }
 }

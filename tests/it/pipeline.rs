@@ -214,3 +214,37 @@ fn put_many_commits_a_batch_and_fails_items_alone() {
     let id = store.resolve_key("local", "batch/0777").unwrap();
     assert_eq!(store.read_all(id).unwrap(), random_bytes(777, 4096 + 777));
 }
+
+#[test]
+fn read_ahead_returns_the_same_bytes_through_odd_reads_seeks_and_early_drops() {
+    use std::io::{Seek, SeekFrom};
+    let t = TempStore::new();
+    let store = t.create();
+    let data = text_bytes(31, 6 << 20);
+    let id = store.put(&data[..], &PutOptions::key("ahead")).unwrap().file.id;
+    let mut r = store.get(id).unwrap();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 7777];
+    let mut step = 1;
+    loop {
+        let n = r.read(&mut buf[..step]).unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        step = step % 7777 + 1013;
+        if out.len() > 2 << 20 && out.len() < 2 << 20 | 8000 {
+            // Jump back and forth: read-ahead restarts at the new position.
+            r.seek(SeekFrom::Start(100)).unwrap();
+            r.seek(SeekFrom::Start(out.len() as u64)).unwrap();
+        }
+    }
+    assert_eq!(out, data);
+    for _ in 0..5 {
+        let mut r = store.get(id).unwrap();
+        let mut head = vec![0u8; 300_000];
+        r.read_exact(&mut head).unwrap();
+        assert_eq!(head, data[..300_000]);
+        drop(r); // stops its workers mid-file
+    }
+}
