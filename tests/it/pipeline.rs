@@ -232,7 +232,7 @@ fn read_ahead_returns_the_same_bytes_through_odd_reads_seeks_and_early_drops() {
             break;
         }
         out.extend_from_slice(&buf[..n]);
-        step = step % 7777 + 1013;
+        step = (step + 1013) % 7777 + 1;
         if out.len() > 2 << 20 && out.len() < 2 << 20 | 8000 {
             // Jump back and forth: read-ahead restarts at the new position.
             r.seek(SeekFrom::Start(100)).unwrap();
