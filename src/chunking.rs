@@ -46,7 +46,7 @@ impl ChunkParams {
             && (v2020::AVERAGE_MIN..=v2020::AVERAGE_MAX).contains(&avg)
             && (v2020::MAXIMUM_MIN..=v2020::MAXIMUM_MAX).contains(&max);
         let even = min % 2 == 0 && avg % 2 == 0 && max % 2 == 0;
-        if !in_range || !even || !(min <= avg && avg <= max) {
+        if !(in_range && even && min <= avg && avg <= max) {
             return Err(Error::InvalidInput(format!(
                 "chunk sizes {min}/{avg}/{max} must be even, ordered min <= avg <= max, and within \
                  FastCDC's limits (min {}..={}, avg {}..={}, max {}..={})",

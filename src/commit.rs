@@ -36,6 +36,8 @@ pub(crate) enum Target {
 }
 
 /// One change to commit.
+// Short-lived, one per put: boxing the large variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Change {
     Version {
         target: Target,
@@ -113,6 +115,7 @@ impl Committer {
 }
 
 /// A change checked against the transaction, ready to append and apply.
+#[allow(clippy::large_enum_variant)]
 enum Prepared {
     Version {
         meta: VersionMeta,
@@ -247,7 +250,7 @@ fn apply(inner: &Inner, w: &mut WriteTx, prepared: Prepared, appended: &mut Vec<
         Prepared::Version { meta, chunks, rows } => {
             let manifest = Manifest { meta, chunks };
             let plain = manifest.encode();
-            let loc = append(inner, RecordKind::Manifest, &plain, inner.config.compression_level)?;
+            let loc = append(inner, RecordKind::Manifest, &plain, inner.compression_level())?;
             appended.push(loc);
             let (file, missing) = w.apply_version(&manifest.meta, &manifest.chunks, loc, |id| rows.get(id).copied())?;
             debug_assert!(missing.is_empty(), "prepare checked every chunk");

@@ -37,6 +37,10 @@ pub enum Error {
     #[error("configuration does not match the store: {0}")]
     ConfigMismatch(String),
 
+    /// The thing to create exists already (a store in that directory, say).
+    #[error("already exists: {what}")]
+    AlreadyExists { what: String },
+
     /// The caller passed something the engine refuses: an empty key, a hostile name, a range past
     /// the end of the file...
     #[error("invalid input: {0}")]
@@ -44,7 +48,7 @@ pub enum Error {
 
     /// Stored data failed a checksum or structural check. `chunk` names the damaged chunk when
     /// one is known.
-    #[error("corrupt data in {location}: {detail}")]
+    #[error("corrupt data in {location}: {detail}{}", chunk.as_ref().map(|c| format!(" (chunk {c})")).unwrap_or_default())]
     Corrupt {
         location: String,
         detail: String,
@@ -88,6 +92,7 @@ impl Error {
                 reason: reason.clone(),
             },
             Error::ConfigMismatch(m) => Error::ConfigMismatch(m.clone()),
+            Error::AlreadyExists { what } => Error::AlreadyExists { what: what.clone() },
             Error::InvalidInput(m) => Error::InvalidInput(m.clone()),
             Error::Corrupt {
                 location,

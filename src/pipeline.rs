@@ -214,10 +214,10 @@ impl<'s> ChunkWriter<'s> {
     }
 
     fn write(&self, seq: usize, id: &ChunkId, data: &[u8], record: &mut Vec<u8>) -> Result<ChunkRow> {
-        let level = self.inner.config.compression_level;
+        let level = self.inner.compression_level();
         let skip = level > 0
             && self.incompressible_streak.load(Ordering::Relaxed) >= SKIP_AFTER
-            && seq % PROBE_EVERY != 0;
+            && !seq.is_multiple_of(PROBE_EVERY);
         record.clear();
         record::encode_plain(RecordKind::Chunk, data, &id.0, if skip { 0 } else { level }, record);
         let stored_len = (record.len() - record::OVERHEAD) as u32;

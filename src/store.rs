@@ -56,8 +56,10 @@ pub struct Config {
     /// Chunk parameters. At create: `None` means the defaults. At open: `None` means "whatever
     /// the store was created with"; `Some` must equal them.
     pub chunking: Option<ChunkParams>,
-    /// zstd level for new chunks (0 stores raw).
-    pub compression_level: i32,
+    /// zstd level for new chunks (0 stores raw). At create: `None` means 3, and the level is
+    /// recorded in the store. At open: `None` means the store's level; `Some` overrides it for
+    /// this open only.
+    pub compression_level: Option<i32>,
     /// A pack is sealed once it reaches this size.
     pub pack_target_size: u64,
     /// Worker threads of a put's pipeline (default: the number of cores).
@@ -71,7 +73,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             chunking: None,
-            compression_level: 3,
+            compression_level: None,
             pack_target_size: 64 << 20,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_in_flight: 64 << 20,
@@ -99,8 +101,18 @@ pub(crate) struct Identity {
     /// 32 hex digits.
     pub store_id: String,
     pub chunking: ChunkParams,
+    /// The zstd level puts use unless an open overrides it.
+    #[serde(default = "default_level")]
+    pub compression_level: i32,
     pub created_ms: i64,
 }
+
+fn default_level() -> i32 {
+    DEFAULT_COMPRESSION_LEVEL
+}
+
+/// zstd level of a store created without one.
+pub const DEFAULT_COMPRESSION_LEVEL: i32 = 3;
 
 impl Identity {
     pub fn store_id(&self) -> Result<u128> {
@@ -267,6 +279,22 @@ pub struct VersionInfo {
     pub current: bool,
 }
 
+impl VersionInfo {
+    fn new(v: VersionMeta, latest: u32) -> Self {
+        VersionInfo {
+            version: v.version,
+            size: v.size,
+            blake3: v.blake3,
+            sha256: v.sha256,
+            display_name: v.display_name,
+            mime: v.mime,
+            created_ms: v.created_ms,
+            restored_from: v.restored_from,
+            current: v.version == latest,
+        }
+    }
+}
+
 /// What a put did.
 #[derive(Debug, Clone, Serialize)]
 pub struct PutReport {
@@ -356,6 +384,20 @@ impl std::fmt::Debug for Store {
     }
 }
 
+fn check_level(level: i32) -> Result<()> {
+    if !(0..=22).contains(&level) {
+        return Err(Error::InvalidInput(format!("compression level {level} is not in 0..=22")));
+    }
+    Ok(())
+}
+
+impl Inner {
+    /// The zstd level for new chunks (resolved at open).
+    pub(crate) fn compression_level(&self) -> i32 {
+        self.config.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL)
+    }
+}
+
 /// Takes the store's lock file; fails with [`Error::Locked`] if someone else holds it.
 pub(crate) fn lock_store(dir: &Path) -> Result<File> {
     let path = dir.join(LOCK_FILE);
@@ -398,20 +440,28 @@ impl Store {
     /// Creates a new store in `dir` (created if missing; must not already hold a store).
     pub fn create(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
         let dir = dir.as_ref();
+        // Everything that can be checked is checked before anything is created.
+        let chunking = config.chunking.unwrap_or_default();
+        chunking.validate()?;
+        let compression_level = config.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL);
+        check_level(compression_level)?;
+        if dir.join(IDENTITY_FILE).exists() {
+            return Err(Error::AlreadyExists {
+                what: format!("a Tessera store in {}", dir.display()),
+            });
+        }
         fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
         let lock = lock_store(dir)?;
         if dir.join(IDENTITY_FILE).exists() {
-            return Err(Error::InvalidInput(format!(
-                "{} already holds a Tessera store",
-                dir.display()
-            )));
+            return Err(Error::AlreadyExists {
+                what: format!("a Tessera store in {}", dir.display()),
+            });
         }
-        let chunking = config.chunking.unwrap_or_default();
-        chunking.validate()?;
         let identity = Identity {
             format: STORE_FORMAT,
             store_id: format!("{:032x}", FileId::new().0),
             chunking,
+            compression_level,
             created_ms: config.clock.now_ms(),
         };
         // The index first: a crash before store.json is written leaves a directory that is not
@@ -464,7 +514,7 @@ impl Store {
 
     fn open_locked(
         dir: &Path,
-        config: Config,
+        mut config: Config,
         lock: File,
         storage: Option<Arc<dyn PackStorage>>,
     ) -> Result<Store> {
@@ -483,6 +533,9 @@ impl Store {
                 asked.max_size
             )));
         }
+        let level = config.compression_level.unwrap_or(identity.compression_level);
+        check_level(level)?;
+        config.compression_level = Some(level);
         if config.pack_target_size < 1 << 20 {
             return Err(Error::InvalidInput("pack_target_size must be at least 1 MiB".into()));
         }
@@ -547,6 +600,11 @@ impl Store {
 
     pub fn chunk_params(&self) -> ChunkParams {
         self.inner.identity.chunking
+    }
+
+    /// The zstd level puts use (the store's, unless this open overrode it).
+    pub fn compression_level(&self) -> i32 {
+        self.inner.compression_level()
     }
 
     /// What opening the store found (truncated tails, missing packs).
@@ -684,20 +742,17 @@ impl Store {
     pub fn versions(&self, id: FileId) -> Result<Vec<VersionInfo>> {
         let r = self.inner.index.read()?;
         let f = r.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?;
-        Ok(r.versions(id)?
-            .into_iter()
-            .map(|v| VersionInfo {
-                version: v.meta.version,
-                size: v.meta.size,
-                blake3: v.meta.blake3,
-                sha256: v.meta.sha256,
-                display_name: v.meta.display_name,
-                mime: v.meta.mime,
-                created_ms: v.meta.created_ms,
-                restored_from: v.meta.restored_from,
-                current: v.meta.version == f.latest,
-            })
-            .collect())
+        Ok(r.versions(id)?.into_iter().map(|v| VersionInfo::new(v.meta, f.latest)).collect())
+    }
+
+    /// One version of a file.
+    pub fn version_info(&self, id: FileId, version: u32) -> Result<VersionInfo> {
+        let r = self.inner.index.read()?;
+        let f = r.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?;
+        let v = r
+            .version(id, version)?
+            .ok_or_else(|| Error::not_found(format!("version {version} of file {id}")))?;
+        Ok(VersionInfo::new(v.meta, f.latest))
     }
 
     /// Reads the current version of a live (not deleted) file.
@@ -713,6 +768,11 @@ impl Store {
     /// Reads `range` of the current version; only the chunks that overlap it are touched.
     pub fn get_range(&self, id: FileId, range: Range<u64>) -> Result<FileReader> {
         self.reader(id, None, Some(range))
+    }
+
+    /// Reads `range` of an older version.
+    pub fn get_version_range(&self, id: FileId, version: u32, range: Range<u64>) -> Result<FileReader> {
+        self.reader(id, Some(version), Some(range))
     }
 
     /// Reads a whole version into memory (convenience for small files and tests).

@@ -2,7 +2,8 @@
 
 /// Receives progress of a long job. All methods default to doing nothing.
 pub trait Progress: Sync {
-    /// A phase begins; `total` is in bytes (0 when unknown).
+    /// A phase begins; `total` is in the phase's units — bytes, unless the phase name says
+    /// otherwise (e.g. "records") — and 0 when unknown.
     fn start(&self, _phase: &str, _total: u64) {}
     /// `n` more bytes are done.
     fn advance(&self, _n: u64) {}

@@ -49,6 +49,8 @@ pub struct RecoverReport {
     pub old_index: Option<PathBuf>,
 }
 
+// Held for the length of one recovery; the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
 enum Op {
     Version(Manifest),
     Event(FileEvent),
@@ -72,7 +74,7 @@ pub fn recover(dir: impl AsRef<Path>, config: &Config, progress: &dyn Progress) 
 
     let mut total = 0;
     for &id in &ids {
-        total += storage.open(id).and_then(|f| f.len()).unwrap_or(0);
+        total += storage.open(id).and_then(|f| f.size()).unwrap_or(0);
     }
     progress.start("scanning packs", total);
     for (n, &id) in ids.iter().enumerate() {
@@ -175,7 +177,7 @@ pub fn recover(dir: impl AsRef<Path>, config: &Config, progress: &dyn Progress) 
     let index = Index::create(&building)?;
     let mut w = index.write()?;
     w.set_meta("store_id", identity.store_id.as_bytes())?;
-    progress.start("rebuilding the index", ops.len() as u64);
+    progress.start("rebuilding the index (records)", ops.len() as u64);
     for (loc, op) in &ops {
         progress.advance(1);
         if revoked.contains(&(loc.pack, loc.offset)) {

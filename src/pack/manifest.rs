@@ -30,7 +30,7 @@ pub fn encode_chunk_list(chunks: &[ChunkRef], out: &mut Vec<u8>) {
 }
 
 pub fn decode_chunk_list(buf: &[u8]) -> Result<Vec<ChunkRef>, String> {
-    if buf.len() % CHUNK_REF_LEN != 0 {
+    if !buf.len().is_multiple_of(CHUNK_REF_LEN) {
         return Err(format!("chunk list of {} bytes is not a whole number of entries", buf.len()));
     }
     Ok(buf

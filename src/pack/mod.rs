@@ -146,7 +146,7 @@ impl Packs {
                 continue;
             };
             let file = storage.open(id).ctx(|| format!("opening {}", storage.describe(id)))?;
-            let len = file.len().ctx(|| format!("reading length of {}", storage.describe(id)))?;
+            let len = file.size().ctx(|| format!("reading length of {}", storage.describe(id)))?;
             if len > state.len {
                 tracing::warn!(pack = id, bytes = len - state.len, "truncating uncommitted pack tail");
                 file.truncate(state.len)
@@ -359,7 +359,7 @@ impl Packs {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 corrupt(RecordError::Truncated {
                     need: loc.offset + loc.len as u64,
-                    have: file.len().unwrap_or(0),
+                    have: file.size().unwrap_or(0),
                 })
             } else {
                 Error::Io {
@@ -408,7 +408,7 @@ impl Packs {
             return self.map(id);
         }
         let file = self.file(id)?;
-        let len = file.len().ctx(|| format!("reading length of {}", self.storage.describe(id)))?;
+        let len = file.size().ctx(|| format!("reading length of {}", self.storage.describe(id)))?;
         let mut buf = vec![0u8; len as usize];
         file.read_at(0, &mut buf)
             .ctx(|| format!("reading {}", self.storage.describe(id)))?;
@@ -423,7 +423,7 @@ impl Packs {
     pub fn disk_bytes(&self) -> Result<u64> {
         let mut total = 0;
         for id in self.storage.list().ctx(|| "listing pack files".into())? {
-            total += self.file(id)?.len().ctx(|| format!("reading length of {}", self.storage.describe(id)))?;
+            total += self.file(id)?.size().ctx(|| format!("reading length of {}", self.storage.describe(id)))?;
         }
         Ok(total)
     }

@@ -46,7 +46,8 @@ pub trait PackStorage: Send + Sync + 'static {
 ///   returns (fdatasync).
 /// - `read_at` reads exactly `buf.len()` bytes or fails with `UnexpectedEof`.
 pub trait PackFile: Send + Sync {
-    fn len(&self) -> io::Result<u64>;
+    /// Current size in bytes.
+    fn size(&self) -> io::Result<u64>;
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     fn sync(&self) -> io::Result<()>;
@@ -136,7 +137,7 @@ impl PackStorage for FsPackStorage {
 struct FsPackFile(File);
 
 impl PackFile for FsPackFile {
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
 

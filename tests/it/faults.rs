@@ -64,8 +64,8 @@ impl PackStorage for FaultyStorage {
 }
 
 impl PackFile for FaultyFile {
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
+    fn size(&self) -> io::Result<u64> {
+        self.inner.size()
     }
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         let budget = self.faults.write_budget.load(Ordering::SeqCst);

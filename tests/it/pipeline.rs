@@ -81,8 +81,8 @@ impl PackStorage for SlowStorage {
 }
 
 impl PackFile for SlowFile {
-    fn len(&self) -> io::Result<u64> {
-        self.0.len()
+    fn size(&self) -> io::Result<u64> {
+        self.0.size()
     }
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         std::thread::sleep(Duration::from_millis(3));
@@ -107,7 +107,7 @@ struct SlowReader {
 
 impl Read for SlowReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.pos % (256 << 10) == 0 {
+        if self.pos.is_multiple_of(256 << 10) {
             std::thread::sleep(Duration::from_millis(1));
         }
         let n = buf.len().min(8192).min(self.data.len() - self.pos);

@@ -1,0 +1,272 @@
+//! `tessera`: the command-line tool. Thin by design: parse the arguments, call the library, print.
+//!
+//! Output contract, which scripts rely on:
+//! - With `--json`, every command prints exactly one JSON document on stdout and nothing else
+//!   there (a failure prints `{"error": {...}}`); `cat` has no JSON form and refuses `--json`.
+//! - Progress bars and notes go to stderr, never stdout; bars are drawn only when stderr is a
+//!   terminal and neither `--json` nor `--quiet` is given.
+//! - Exit codes: 0 ok, 1 failure (`error: ...` on stderr), 2 usage, 3 `verify` found damage.
+
+mod admin;
+mod files;
+mod stress;
+mod ui;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use tessera::store::DEFAULT_OWNER;
+
+use crate::ui::{Fail, Ui};
+
+/// Help heading of the options every command takes.
+const GLOBAL: &str = "Global options";
+
+/// Exit code when `verify` found damage.
+const EXIT_DAMAGED: u8 = 3;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "Tessera: a file store with content-defined chunking, dedup and compression",
+    after_help = "Exit codes: 0 ok, 1 failure, 2 usage error, 3 verify found damage.\n\
+                  Files are named by id (a ULID) or by key; a key is looked up for the owner \
+                  given by --owner (default \"local\")."
+)]
+struct Cli {
+    /// The store directory.
+    #[arg(long, global = true, help_heading = GLOBAL, env = "TESSERA_STORE", default_value = "./tessera-data", value_name = "DIR")]
+    store: PathBuf,
+
+    /// Owner whose keys are used (and who owns new files) [default: local].
+    #[arg(long, global = true, help_heading = GLOBAL, env = "TESSERA_OWNER", value_name = "U")]
+    owner: Option<String>,
+
+    /// Print exactly one JSON document on stdout (for scripts).
+    #[arg(long, global = true, help_heading = GLOBAL)]
+    json: bool,
+
+    /// No progress bars, notes or confirmations.
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
+    quiet: bool,
+
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Create a new, empty store.
+    Init(InitArgs),
+    /// Store files (creates the store if there is none yet).
+    Put(PutArgs),
+    /// Write a file's content to a local file.
+    Get(GetArgs),
+    /// Write a file's content (or a byte range of it) to stdout.
+    Cat(CatArgs),
+    /// List files.
+    #[command(long_about = "List files.\n\n\
+        Without --prefix, files of every owner are listed unless --owner (or TESSERA_OWNER) is \
+        given explicitly. With --prefix, the keys of one owner are listed: --owner's, or \
+        \"local\" by default.")]
+    Ls(LsArgs),
+    /// Show a file's metadata (touches no data).
+    Stat(Target),
+    /// Delete files (soft: `undelete` brings them back).
+    Rm(Targets),
+    /// Bring back deleted files.
+    Undelete(Targets),
+    /// List the versions of a file.
+    Versions(Target),
+    /// Make an old version current again, as a new version.
+    Restore(RestoreArgs),
+    /// Store-wide figures: sizes, dedup and compression ratios.
+    Stats,
+    /// Re-read and re-hash everything; exit 3 when anything is damaged.
+    Verify,
+    /// Rebuild the index from the pack files (the store must not be in use).
+    Recover,
+    /// Concurrent puts that print `ACK <key> <version> <blake3> <size>` once each put returned
+    /// (used by the crash-safety test).
+    #[command(hide = true)]
+    DebugStress(stress::StressArgs),
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// Smallest chunk (bytes, or a size such as 16KiB) [default: 16KiB].
+    #[arg(long, value_name = "N", value_parser = ui::parse_size_u32)]
+    chunk_min: Option<u32>,
+    /// Average chunk [default: 64KiB].
+    #[arg(long, value_name = "N", value_parser = ui::parse_size_u32)]
+    chunk_avg: Option<u32>,
+    /// Largest chunk [default: 256KiB].
+    #[arg(long, value_name = "N", value_parser = ui::parse_size_u32)]
+    chunk_max: Option<u32>,
+    /// zstd level for new chunks, 0 (store raw) to 22 [default: 3]. Kept with the store.
+    #[arg(long, value_name = "LEVEL", value_parser = clap::value_parser!(i32).range(0..=22))]
+    compression: Option<i32>,
+}
+
+#[derive(Debug, Args)]
+struct PutArgs {
+    /// Files to store; `-` reads stdin. Without --key a file's key is its file name
+    /// (stdin's is "stdin").
+    #[arg(value_name = "FILE", required_unless_present = "recursive")]
+    files: Vec<PathBuf>,
+    /// Key of the file (only with exactly one FILE). A put to an existing key adds a version.
+    #[arg(long, value_name = "K")]
+    key: Option<String>,
+    /// Category of new files [default: other].
+    #[arg(long, value_name = "C")]
+    category: Option<String>,
+    /// MIME type [default: guessed from the name].
+    #[arg(long, value_name = "M")]
+    mime: Option<String>,
+    /// Mark the files public.
+    #[arg(long)]
+    public: bool,
+    /// Store every regular file below DIR, keyed by its path relative to DIR ('/'-separated).
+    /// Symbolic links are not followed.
+    #[arg(short = 'r', long = "recursive", value_name = "DIR")]
+    recursive: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct GetArgs {
+    /// File id or key.
+    #[arg(value_name = "ID|KEY")]
+    target: String,
+    /// Where to write [default: the file's display name, in the current directory]. An
+    /// existing directory receives the file under its display name.
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<PathBuf>,
+    /// Read this version instead of the current one.
+    #[arg(long, value_name = "N")]
+    version: Option<u32>,
+    /// Overwrite OUT if it exists.
+    #[arg(short, long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct CatArgs {
+    /// File id or key.
+    #[arg(value_name = "ID|KEY")]
+    target: String,
+    /// Read this version instead of the current one.
+    #[arg(long, value_name = "N")]
+    version: Option<u32>,
+    /// Bytes START (inclusive) to END (exclusive); `START-` reads to the end.
+    #[arg(long, value_name = "START-END", value_parser = ui::parse_range)]
+    range: Option<(u64, Option<u64>)>,
+}
+
+#[derive(Debug, Args)]
+struct LsArgs {
+    /// Only keys starting with P (of --owner, default "local").
+    #[arg(long, value_name = "P")]
+    prefix: Option<String>,
+    /// Only files of category C.
+    #[arg(long, value_name = "C")]
+    category: Option<String>,
+    /// Include deleted files.
+    #[arg(long)]
+    deleted: bool,
+    /// Files per page (1 to 10000) [default: 100].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    limit: Option<u64>,
+    /// Start after this cursor (printed by the previous page).
+    #[arg(long, value_name = "CURSOR")]
+    after: Option<String>,
+    /// Follow every page to the end.
+    #[arg(long)]
+    all: bool,
+}
+
+#[derive(Debug, Args)]
+struct Target {
+    /// File id or key.
+    #[arg(value_name = "ID|KEY")]
+    target: String,
+}
+
+#[derive(Debug, Args)]
+struct Targets {
+    /// File ids or keys.
+    #[arg(value_name = "ID|KEY", required = true)]
+    targets: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct RestoreArgs {
+    /// File id or key.
+    #[arg(value_name = "ID|KEY")]
+    target: String,
+    /// The version to make current again.
+    #[arg(long, value_name = "N")]
+    version: u32,
+}
+
+/// What every command needs besides its own arguments.
+pub struct Ctx {
+    pub store_dir: PathBuf,
+    /// `--owner`, or the default owner.
+    pub owner: String,
+    /// True when the owner was given on the command line or in the environment.
+    pub owner_explicit: bool,
+    pub ui: Ui,
+}
+
+/// Exits with clap's usage-error format and code 2.
+pub fn usage_error(msg: impl std::fmt::Display) -> ! {
+    let mut cmd = Cli::command();
+    cmd.error(clap::error::ErrorKind::ArgumentConflict, msg)
+        .exit()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ui = Ui::new(cli.json, cli.quiet);
+    let ctx = Ctx {
+        store_dir: cli.store,
+        owner: cli
+            .owner
+            .clone()
+            .unwrap_or_else(|| DEFAULT_OWNER.to_string()),
+        owner_explicit: cli.owner.is_some(),
+        ui,
+    };
+    let result = match cli.cmd {
+        Cmd::Init(a) => admin::init(&ctx, a),
+        Cmd::Put(a) => files::put(&ctx, a),
+        Cmd::Get(a) => files::get(&ctx, a),
+        Cmd::Cat(a) => files::cat(&ctx, a),
+        Cmd::Ls(a) => files::ls(&ctx, a),
+        Cmd::Stat(a) => files::stat(&ctx, a),
+        Cmd::Rm(a) => files::rm(&ctx, a, false),
+        Cmd::Undelete(a) => files::rm(&ctx, a, true),
+        Cmd::Versions(a) => files::versions(&ctx, a),
+        Cmd::Restore(a) => files::restore(&ctx, a),
+        Cmd::Stats => admin::stats(&ctx),
+        Cmd::Verify => admin::verify(&ctx),
+        Cmd::Recover => admin::recover(&ctx),
+        Cmd::DebugStress(a) => stress::run(&ctx, a),
+    };
+    match result {
+        Ok(Status::Ok) => ExitCode::SUCCESS,
+        Ok(Status::Damaged) => ExitCode::from(EXIT_DAMAGED),
+        Err(fail) => ctx.ui.report_failure(&fail),
+    }
+}
+
+/// How a command that did its job ended.
+pub enum Status {
+    Ok,
+    /// `verify` found damage (exit 3).
+    Damaged,
+}
+
+pub type CmdResult = Result<Status, Fail>;
