@@ -72,7 +72,9 @@ impl Committer {
 
     /// Commits `change`, possibly in one transaction with other threads' changes.
     pub fn commit(&self, inner: &Inner, change: Change) -> Result<FileInfo> {
-        self.commit_all(inner, vec![change]).pop().expect("one result per change")
+        self.commit_all(inner, vec![change])
+            .pop()
+            .expect("one result per change")
     }
 
     /// Commits `changes` (in this order) and returns one result per change. A change that
@@ -198,7 +200,10 @@ fn prepare(w: &WriteTx, now: i64, change: Change) -> Result<Prepared> {
                     Some(key) => w.file_by_key(&meta.owner, key)?,
                     None => None,
                 },
-                Target::Existing(id) => Some(w.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?),
+                Target::Existing(id) => Some(
+                    w.file(id)?
+                        .ok_or_else(|| Error::not_found(format!("file {id}")))?,
+                ),
             };
             match &existing {
                 Some(f) => {
@@ -229,50 +234,79 @@ fn prepare(w: &WriteTx, now: i64, change: Change) -> Result<Prepared> {
             Ok(Prepared::Version { meta, chunks, rows })
         }
         Change::Delete(id) => {
-            let f = w.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?;
+            let f = w
+                .file(id)?
+                .ok_or_else(|| Error::not_found(format!("file {id}")))?;
             Ok(match f.deleted_ms {
-                None => Prepared::Event(FileEvent::Delete { file_id: id, at_ms: now }),
+                None => Prepared::Event(FileEvent::Delete {
+                    file_id: id,
+                    at_ms: now,
+                }),
                 Some(_) => Prepared::Nothing(id),
             })
         }
         Change::Undelete(id) => {
-            let f = w.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?;
+            let f = w
+                .file(id)?
+                .ok_or_else(|| Error::not_found(format!("file {id}")))?;
             Ok(match f.deleted_ms {
-                Some(_) => Prepared::Event(FileEvent::Undelete { file_id: id, at_ms: now }),
+                Some(_) => Prepared::Event(FileEvent::Undelete {
+                    file_id: id,
+                    at_ms: now,
+                }),
                 None => Prepared::Nothing(id),
             })
         }
     }
 }
 
-fn apply(inner: &Inner, w: &mut WriteTx, prepared: Prepared, appended: &mut Vec<Location>) -> Result<FileInfo> {
+fn apply(
+    inner: &Inner,
+    w: &mut WriteTx,
+    prepared: Prepared,
+    appended: &mut Vec<Location>,
+) -> Result<FileInfo> {
     match prepared {
         Prepared::Version { meta, chunks, rows } => {
             let manifest = Manifest { meta, chunks };
             let plain = manifest.encode();
-            let loc = append(inner, RecordKind::Manifest, &plain, inner.compression_level())?;
+            let loc = append(
+                inner,
+                RecordKind::Manifest,
+                &plain,
+                inner.compression_level(),
+            )?;
             appended.push(loc);
-            let (file, missing) = w.apply_version(&manifest.meta, &manifest.chunks, loc, |id| rows.get(id).copied())?;
+            let (file, missing) = w.apply_version(&manifest.meta, &manifest.chunks, loc, |id| {
+                rows.get(id).copied()
+            })?;
             debug_assert!(missing.is_empty(), "prepare checked every chunk");
             Ok(FileInfo::new(&file, &manifest.meta))
         }
         Prepared::Event(event) => {
             let loc = append(inner, RecordKind::Event, &event.encode(), 0)?;
             appended.push(loc);
-            let file = w.apply_event(&event)?.expect("delete and undelete change a file");
+            let file = w
+                .apply_event(&event)?
+                .expect("delete and undelete change a file");
             current_info(w, &file)
         }
         Prepared::Nothing(id) => {
-            let file = w.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?;
+            let file = w
+                .file(id)?
+                .ok_or_else(|| Error::not_found(format!("file {id}")))?;
             current_info(w, &file)
         }
     }
 }
 
 fn current_info(w: &WriteTx, file: &FileRecord) -> Result<FileInfo> {
-    let v = w
-        .version(file.id, file.latest)?
-        .ok_or_else(|| Error::corrupt("index", format!("file {} has no version {}", file.id, file.latest)))?;
+    let v = w.version(file.id, file.latest)?.ok_or_else(|| {
+        Error::corrupt(
+            "index",
+            format!("file {} has no version {}", file.id, file.latest),
+        )
+    })?;
     Ok(FileInfo::new(file, &v.meta))
 }
 

@@ -48,8 +48,8 @@ pub use error::{Error, Result};
 pub use id::{ChunkId, FileId};
 pub use maintenance::progress::Progress;
 pub use maintenance::recover::{RecoverReport, recover};
-pub use maintenance::verify::{AffectedFile, DamagedChunk};
 pub use maintenance::verify::VerifyReport;
+pub use maintenance::verify::{AffectedFile, DamagedChunk};
 pub use store::{
     Config, FileInfo, FileReader, ListPage, ListQuery, PutOptions, PutReport, Store, StoreStats,
     VersionInfo,

@@ -77,12 +77,18 @@ impl InFlight {
         }
         *used += n;
         self.peak.fetch_max(*used, Ordering::Relaxed);
-        Permit { pool: self.clone(), n }
+        Permit {
+            pool: self.clone(),
+            n,
+        }
     }
 
     /// (bytes in flight now, highest ever).
     pub fn usage(&self) -> (u64, u64) {
-        (*self.used.lock().unwrap(), self.peak.load(Ordering::Relaxed))
+        (
+            *self.used.lock().unwrap(),
+            self.peak.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -162,9 +168,18 @@ impl<'s> ChunkWriter<'s> {
 
     /// Hashes a chunk and makes sure it is stored: found in `snapshot`, shared from another
     /// put in flight, or compressed and appended by this call.
-    fn add(&self, snapshot: &crate::index::ReadTx, seq: usize, data: &[u8], record: &mut Vec<u8>) -> Result<ChunkRef> {
+    fn add(
+        &self,
+        snapshot: &crate::index::ReadTx,
+        seq: usize,
+        data: &[u8],
+        record: &mut Vec<u8>,
+    ) -> Result<ChunkRef> {
         let id = ChunkId::of(data);
-        let r = ChunkRef { id, len: data.len() as u32 };
+        let r = ChunkRef {
+            id,
+            len: data.len() as u32,
+        };
         if self.rows.lock().unwrap().contains_key(&id) || snapshot.chunk(&id)?.is_some() {
             return Ok(r);
         }
@@ -213,13 +228,25 @@ impl<'s> ChunkWriter<'s> {
         }
     }
 
-    fn write(&self, seq: usize, id: &ChunkId, data: &[u8], record: &mut Vec<u8>) -> Result<ChunkRow> {
+    fn write(
+        &self,
+        seq: usize,
+        id: &ChunkId,
+        data: &[u8],
+        record: &mut Vec<u8>,
+    ) -> Result<ChunkRow> {
         let level = self.inner.compression_level();
         let skip = level > 0
             && self.incompressible_streak.load(Ordering::Relaxed) >= SKIP_AFTER
             && !seq.is_multiple_of(PROBE_EVERY);
         record.clear();
-        record::encode_plain(RecordKind::Chunk, data, &id.0, if skip { 0 } else { level }, record);
+        record::encode_plain(
+            RecordKind::Chunk,
+            data,
+            &id.0,
+            if skip { 0 } else { level },
+            record,
+        );
         let stored_len = (record.len() - record::OVERHEAD) as u32;
         if !skip {
             if stored_len as usize >= data.len() {
@@ -230,7 +257,8 @@ impl<'s> ChunkWriter<'s> {
         }
         let loc = self.inner.packs.append(record)?;
         self.new_chunks.fetch_add(1, Ordering::Relaxed);
-        self.new_stored_bytes.fetch_add(stored_len as u64, Ordering::Relaxed);
+        self.new_stored_bytes
+            .fetch_add(stored_len as u64, Ordering::Relaxed);
         Ok(ChunkRow {
             loc,
             raw_len: data.len() as u32,
@@ -260,7 +288,10 @@ impl Digests {
     }
 
     fn finish(self) -> (String, String) {
-        (self.blake3.finalize().to_hex().to_string(), hex(&self.sha256.finalize()))
+        (
+            self.blake3.finalize().to_hex().to_string(),
+            hex(&self.sha256.finalize()),
+        )
     }
 }
 
@@ -274,9 +305,15 @@ pub(crate) fn ingest<'s>(inner: &'s Inner, source: impl Read) -> Result<Ingested
     };
     let params = inner.identity.chunking;
     let mut chunker = params.chunker(source);
-    let first = chunker.next().transpose().ctx(|| "reading the input".into())?;
+    let first = chunker
+        .next()
+        .transpose()
+        .ctx(|| "reading the input".into())?;
     let second = match &first {
-        Some(_) => chunker.next().transpose().ctx(|| "reading the input".into())?,
+        Some(_) => chunker
+            .next()
+            .transpose()
+            .ctx(|| "reading the input".into())?,
         None => None,
     };
     let second_exists = second.is_some();

@@ -52,7 +52,13 @@ pub struct FileReader {
 }
 
 impl FileReader {
-    pub(crate) fn new(store: Store, file: FileId, version: u32, chunks: Vec<ChunkRef>, range: std::ops::Range<u64>) -> Self {
+    pub(crate) fn new(
+        store: Store,
+        file: FileId,
+        version: u32,
+        chunks: Vec<ChunkRef>,
+        range: std::ops::Range<u64>,
+    ) -> Self {
         let mut starts = Vec::with_capacity(chunks.len() + 1);
         let mut at = 0u64;
         for c in &chunks {
@@ -122,7 +128,10 @@ impl FileReader {
             self.ahead = None; // a seek: stop reading ahead of the old position
         }
         let remaining = self.last_chunk().saturating_sub(i);
-        if self.ahead.is_none() && remaining >= MIN_CHUNKS_FOR_READAHEAD && self.store.inner().config.threads > 1 {
+        if self.ahead.is_none()
+            && remaining >= MIN_CHUNKS_FOR_READAHEAD
+            && self.store.inner().config.threads > 1
+        {
             self.ahead = Some(ReadAhead::start(self, i));
         }
         match &mut self.ahead {
@@ -133,7 +142,14 @@ impl FileReader {
             None => {
                 let loc = self.locate(i)?;
                 let mut buf = std::mem::take(&mut self.buf);
-                let res = decode(&self.store, &self.chunks[i], loc, self.file, self.version, &mut buf);
+                let res = decode(
+                    &self.store,
+                    &self.chunks[i],
+                    loc,
+                    self.file,
+                    self.version,
+                    &mut buf,
+                );
                 self.buf = buf;
                 res?;
             }
@@ -153,7 +169,14 @@ fn locate(r: &ReadTx, c: &ChunkRef, file: FileId, version: u32) -> Result<Locati
 }
 
 /// Reads and checks one chunk into `buf`.
-fn decode(store: &Store, c: &ChunkRef, loc: Location, file: FileId, version: u32, buf: &mut Vec<u8>) -> Result<()> {
+fn decode(
+    store: &Store,
+    c: &ChunkRef,
+    loc: Location,
+    file: FileId,
+    version: u32,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
     store.read_chunk(&c.id, loc, buf)?;
     if buf.len() != c.len as usize {
         return Err(Error::Corrupt {
@@ -208,8 +231,9 @@ impl ReadAhead {
                         }
                         let mut buf = Vec::new();
                         let res = match &snapshot {
-                            Ok(r) => locate(r, &chunks[i], file, version)
-                                .and_then(|loc| decode(&store, &chunks[i], loc, file, version, &mut buf)),
+                            Ok(r) => locate(r, &chunks[i], file, version).and_then(|loc| {
+                                decode(&store, &chunks[i], loc, file, version, &mut buf)
+                            }),
                             Err(e) => Err(e.duplicate()),
                         };
                         if tx.send((i, res.map(|()| buf))).is_err() {
@@ -293,7 +317,10 @@ impl Seek for FileReader {
             SeekFrom::Current(d) => rel + d as i128,
         };
         if target < 0 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "seek before the start"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start",
+            ));
         }
         // Seeking past the end is allowed (reads then return 0), as for files.
         self.pos = self.base + (target.min(len) as u64);

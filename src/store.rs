@@ -29,7 +29,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::commit::{Change, Committer, Target};
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, FileId};
-use crate::index::{FileRecord, Index, ListFilter, VersionRecord};
+use crate::index::{FileRecord, Index, ListFilter, ReadOnlyOpen, VersionRecord};
 use crate::pack::manifest::{VersionMeta, flags};
 use crate::pack::record::RecordKind;
 use crate::pack::storage::{FsPackStorage, PackStorage, sync_dir};
@@ -127,7 +127,9 @@ impl Identity {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(Error::NotAStore {
                     path: dir.to_path_buf(),
-                    reason: format!("{IDENTITY_FILE} is missing (run `tessera init` to create a store)"),
+                    reason: format!(
+                        "{IDENTITY_FILE} is missing (run `tessera init` to create a store)"
+                    ),
                 });
             }
             Err(e) => return Err(e).ctx(|| format!("reading {}", path.display())),
@@ -139,7 +141,10 @@ impl Identity {
         if id.format != STORE_FORMAT {
             return Err(Error::NotAStore {
                 path: dir.to_path_buf(),
-                reason: format!("store format {} (this build reads {STORE_FORMAT})", id.format),
+                reason: format!(
+                    "store format {} (this build reads {STORE_FORMAT})",
+                    id.format
+                ),
             });
         }
         id.chunking.validate()?;
@@ -368,6 +373,8 @@ pub(crate) struct Inner {
     /// Bytes of chunk data in put pipelines, capped.
     pub in_flight: Arc<InFlight>,
     pub committer: Committer,
+    /// Opened with `open_read_only`.
+    pub read_only: bool,
     _lock: File,
 }
 
@@ -380,13 +387,17 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.inner.dir).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
     }
 }
 
 fn check_level(level: i32) -> Result<()> {
     if !(0..=22).contains(&level) {
-        return Err(Error::InvalidInput(format!("compression level {level} is not in 0..=22")));
+        return Err(Error::InvalidInput(format!(
+            "compression level {level} is not in 0..=22"
+        )));
     }
     Ok(())
 }
@@ -394,12 +405,33 @@ fn check_level(level: i32) -> Result<()> {
 impl Inner {
     /// The zstd level for new chunks (resolved at open).
     pub(crate) fn compression_level(&self) -> i32 {
-        self.config.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL)
+        self.config
+            .compression_level
+            .unwrap_or(DEFAULT_COMPRESSION_LEVEL)
+    }
+}
+
+fn missing_index(dir: &Path) -> Error {
+    Error::NotAStore {
+        path: dir.to_path_buf(),
+        reason: format!(
+            "{INDEX_FILE} is missing; run `tessera recover` to rebuild it from the packs"
+        ),
     }
 }
 
 /// Takes the store's lock file; fails with [`Error::Locked`] if someone else holds it.
 pub(crate) fn lock_store(dir: &Path) -> Result<File> {
+    take_lock(dir, false)
+}
+
+/// Takes the store's lock file shared (read-only openers); fails with [`Error::Locked`] if a
+/// writer holds it.
+fn lock_store_shared(dir: &Path) -> Result<File> {
+    take_lock(dir, true)
+}
+
+fn take_lock(dir: &Path, shared: bool) -> Result<File> {
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .create(true)
@@ -408,7 +440,12 @@ pub(crate) fn lock_store(dir: &Path) -> Result<File> {
         .write(true)
         .open(&path)
         .ctx(|| format!("opening lock file {}", path.display()))?;
-    match file.try_lock() {
+    let taken = if shared {
+        file.try_lock_shared()
+    } else {
+        file.try_lock()
+    };
+    match taken {
         Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => Err(Error::Locked {
             path: dir.to_path_buf(),
@@ -443,7 +480,9 @@ impl Store {
         // Everything that can be checked is checked before anything is created.
         let chunking = config.chunking.unwrap_or_default();
         chunking.validate()?;
-        let compression_level = config.compression_level.unwrap_or(DEFAULT_COMPRESSION_LEVEL);
+        let compression_level = config
+            .compression_level
+            .unwrap_or(DEFAULT_COMPRESSION_LEVEL);
         check_level(compression_level)?;
         if dir.join(IDENTITY_FILE).exists() {
             return Err(Error::AlreadyExists {
@@ -483,11 +522,55 @@ impl Store {
         if !dir.join(IDENTITY_FILE).exists() {
             return Err(Error::NotAStore {
                 path: dir.to_path_buf(),
-                reason: format!("{IDENTITY_FILE} is missing (run `tessera init` to create a store)"),
+                reason: format!(
+                    "{IDENTITY_FILE} is missing (run `tessera init` to create a store)"
+                ),
             });
         }
         let lock = lock_store(dir)?;
         Self::open_locked(dir, config, lock, None)
+    }
+
+    /// Opens an existing store for reading only: nothing on disk changes (no fsync at open or
+    /// close, which makes it the cheap way for a short-lived process to read), several read-only
+    /// openers may share the store, and a writer is kept out while they have it. Puts, deletes
+    /// and other writes fail with `InvalidInput`; access times are not recorded.
+    ///
+    /// If the index was not closed cleanly (the last writer crashed), this first opens the store
+    /// read-write once to repair it.
+    pub fn open_read_only(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
+        let dir = dir.as_ref();
+        if !dir.join(IDENTITY_FILE).exists() {
+            return Err(Error::NotAStore {
+                path: dir.to_path_buf(),
+                reason: format!(
+                    "{IDENTITY_FILE} is missing (run `tessera init` to create a store)"
+                ),
+            });
+        }
+        let lock = lock_store_shared(dir)?;
+        match Index::open_read_only(&index_path(dir)) {
+            Ok(index) => Self::assemble(dir, config, lock, None, index, true),
+            Err(ReadOnlyOpen::NeedsRepair) => {
+                drop(lock);
+                drop(Self::open(dir, config.clone())?);
+                let lock = lock_store_shared(dir)?;
+                let index = Index::open_read_only(&index_path(dir)).map_err(|e| match e {
+                    ReadOnlyOpen::Failed(e) => e,
+                    ReadOnlyOpen::NeedsRepair => Error::Index {
+                        context: "opening the index read-only".into(),
+                        detail: "still needs repair after a read-write open".into(),
+                    },
+                })?;
+                Self::assemble(dir, config, lock, None, index, true)
+            }
+            Err(ReadOnlyOpen::Failed(e)) => {
+                if !index_path(dir).exists() {
+                    return Err(missing_index(dir));
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Opens a store, creating it if `dir` holds none.
@@ -514,9 +597,25 @@ impl Store {
 
     fn open_locked(
         dir: &Path,
+        config: Config,
+        lock: File,
+        storage: Option<Arc<dyn PackStorage>>,
+    ) -> Result<Store> {
+        let ipath = index_path(dir);
+        if !ipath.exists() {
+            return Err(missing_index(dir));
+        }
+        let index = Index::open(&ipath)?;
+        Self::assemble(dir, config, lock, storage, index, false)
+    }
+
+    fn assemble(
+        dir: &Path,
         mut config: Config,
         lock: File,
         storage: Option<Arc<dyn PackStorage>>,
+        index: Index,
+        read_only: bool,
     ) -> Result<Store> {
         let identity = Identity::load(dir)?;
         if let Some(asked) = config.chunking
@@ -533,11 +632,15 @@ impl Store {
                 asked.max_size
             )));
         }
-        let level = config.compression_level.unwrap_or(identity.compression_level);
+        let level = config
+            .compression_level
+            .unwrap_or(identity.compression_level);
         check_level(level)?;
         config.compression_level = Some(level);
         if config.pack_target_size < 1 << 20 {
-            return Err(Error::InvalidInput("pack_target_size must be at least 1 MiB".into()));
+            return Err(Error::InvalidInput(
+                "pack_target_size must be at least 1 MiB".into(),
+            ));
         }
         // Room for a few maximal chunks, so the pipeline always makes progress.
         let min_in_flight = 4 * identity.chunking.max_size as u64;
@@ -546,17 +649,11 @@ impl Store {
                 "max_in_flight must be at least {min_in_flight} bytes (four maximal chunks)"
             )));
         }
-        let ipath = index_path(dir);
-        if !ipath.exists() {
-            return Err(Error::NotAStore {
-                path: dir.to_path_buf(),
-                reason: format!("{INDEX_FILE} is missing; run `tessera recover` to rebuild it from the packs"),
-            });
-        }
-        let index = Index::open(&ipath)?;
         let store_id = identity.store_id()?;
         let r = index.read()?;
-        let indexed_id = r.meta("store_id")?.map(|b| String::from_utf8_lossy(&b).into_owned());
+        let indexed_id = r
+            .meta("store_id")?
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
         if indexed_id.as_deref() != Some(identity.store_id.as_str()) {
             return Err(Error::NotAStore {
                 path: dir.to_path_buf(),
@@ -575,7 +672,13 @@ impl Store {
                     .ctx(|| format!("opening {}", pack_dir(dir).display()))?,
             ),
         };
-        let (packs, open_report) = Packs::open(storage, store_id, config.pack_target_size, &known)?;
+        let (packs, open_report) = Packs::open(
+            storage,
+            store_id,
+            config.pack_target_size,
+            &known,
+            read_only,
+        )?;
         let in_flight = Arc::new(InFlight::new(config.max_in_flight));
         Ok(Store {
             inner: Arc::new(Inner {
@@ -589,6 +692,7 @@ impl Store {
                 touched: Mutex::new(HashMap::new()),
                 in_flight,
                 committer: Committer::new(),
+                read_only,
                 _lock: lock,
             }),
         })
@@ -643,7 +747,10 @@ impl Store {
     /// Stores many inputs and commits them together: one fsync pair for the whole batch
     /// instead of one per file. Each input succeeds or fails on its own; every `Ok` is durable
     /// when this returns.
-    pub fn put_many<R: Read>(&self, items: impl IntoIterator<Item = (R, PutOptions)>) -> Vec<Result<PutReport>> {
+    pub fn put_many<R: Read>(
+        &self,
+        items: impl IntoIterator<Item = (R, PutOptions)>,
+    ) -> Vec<Result<PutReport>> {
         let mut results: Vec<Option<Result<PutReport>>> = Vec::new();
         let mut pending = Vec::new();
         let mut changes = Vec::new();
@@ -667,7 +774,10 @@ impl Store {
             results[slot] = Some(outcome.map(|file| PutReport { file, ..report }));
             drop(ingested);
         }
-        results.into_iter().map(|r| r.expect("every item has a result")).collect()
+        results
+            .into_iter()
+            .map(|r| r.expect("every item has a result"))
+            .collect()
     }
 
     /// Validates a put's options and derives its names and MIME type.
@@ -678,10 +788,11 @@ impl Store {
         }
         let category = opts.category.as_deref().unwrap_or(DEFAULT_CATEGORY);
         validate::check_label("category", category)?;
-        let original = opts
-            .name
-            .clone()
-            .or_else(|| opts.key.as_ref().map(|k| k.rsplit('/').next().unwrap_or(k).to_string()));
+        let original = opts.name.clone().or_else(|| {
+            opts.key
+                .as_ref()
+                .map(|k| k.rsplit('/').next().unwrap_or(k).to_string())
+        });
         let display_name = validate::sanitize_display_name(original.as_deref().unwrap_or("file"));
         let mime = match &opts.mime {
             Some(m) => m.clone(),
@@ -727,10 +838,12 @@ impl Store {
     /// The file and its current version, deleted or not. Touches no data.
     pub fn stat(&self, id: FileId) -> Result<FileInfo> {
         let r = self.inner.index.read()?;
-        let f = r.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?;
-        let v = r
-            .version(id, f.latest)?
-            .ok_or_else(|| Error::corrupt("index", format!("file {id} has no version {}", f.latest)))?;
+        let f = r
+            .file(id)?
+            .ok_or_else(|| Error::not_found(format!("file {id}")))?;
+        let v = r.version(id, f.latest)?.ok_or_else(|| {
+            Error::corrupt("index", format!("file {id} has no version {}", f.latest))
+        })?;
         let mut info = FileInfo::new(&f, &v.meta);
         if let Some(&t) = self.inner.touched.lock().unwrap().get(&id) {
             info.accessed_ms = info.accessed_ms.max(t);
@@ -741,14 +854,21 @@ impl Store {
     /// All versions of a file, oldest first.
     pub fn versions(&self, id: FileId) -> Result<Vec<VersionInfo>> {
         let r = self.inner.index.read()?;
-        let f = r.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?;
-        Ok(r.versions(id)?.into_iter().map(|v| VersionInfo::new(v.meta, f.latest)).collect())
+        let f = r
+            .file(id)?
+            .ok_or_else(|| Error::not_found(format!("file {id}")))?;
+        Ok(r.versions(id)?
+            .into_iter()
+            .map(|v| VersionInfo::new(v.meta, f.latest))
+            .collect())
     }
 
     /// One version of a file.
     pub fn version_info(&self, id: FileId, version: u32) -> Result<VersionInfo> {
         let r = self.inner.index.read()?;
-        let f = r.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?;
+        let f = r
+            .file(id)?
+            .ok_or_else(|| Error::not_found(format!("file {id}")))?;
         let v = r
             .version(id, version)?
             .ok_or_else(|| Error::not_found(format!("version {version} of file {id}")))?;
@@ -771,7 +891,12 @@ impl Store {
     }
 
     /// Reads `range` of an older version.
-    pub fn get_version_range(&self, id: FileId, version: u32, range: Range<u64>) -> Result<FileReader> {
+    pub fn get_version_range(
+        &self,
+        id: FileId,
+        version: u32,
+        range: Range<u64>,
+    ) -> Result<FileReader> {
         self.reader(id, Some(version), Some(range))
     }
 
@@ -782,11 +907,20 @@ impl Store {
         Ok(out)
     }
 
-    fn reader(&self, id: FileId, version: Option<u32>, range: Option<Range<u64>>) -> Result<FileReader> {
+    fn reader(
+        &self,
+        id: FileId,
+        version: Option<u32>,
+        range: Option<Range<u64>>,
+    ) -> Result<FileReader> {
         let r = self.inner.index.read()?;
-        let f = r.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?;
+        let f = r
+            .file(id)?
+            .ok_or_else(|| Error::not_found(format!("file {id}")))?;
         if f.deleted_ms.is_some() {
-            return Err(Error::not_found(format!("file {id} (deleted; undelete it to read)")));
+            return Err(Error::not_found(format!(
+                "file {id} (deleted; undelete it to read)"
+            )));
         }
         let version = version.unwrap_or(f.latest);
         let v: VersionRecord = r
@@ -801,7 +935,9 @@ impl Store {
                 range.start, range.end
             )));
         }
-        self.inner.touched.lock().unwrap().insert(id, self.now());
+        if !self.inner.read_only {
+            self.inner.touched.lock().unwrap().insert(id, self.now());
+        }
         Ok(FileReader::new(self.clone(), id, version, chunks, range))
     }
 
@@ -819,9 +955,12 @@ impl Store {
         let (records, next) = r.list(&filter)?;
         let mut files = Vec::with_capacity(records.len());
         for f in records {
-            let v = r
-                .version(f.id, f.latest)?
-                .ok_or_else(|| Error::corrupt("index", format!("file {} has no version {}", f.id, f.latest)))?;
+            let v = r.version(f.id, f.latest)?.ok_or_else(|| {
+                Error::corrupt(
+                    "index",
+                    format!("file {} has no version {}", f.id, f.latest),
+                )
+            })?;
             files.push(FileInfo::new(&f, &v.meta));
         }
         Ok(ListPage { files, next })
@@ -835,15 +974,21 @@ impl Store {
 
     /// Undoes a soft delete. Undeleting a live file changes nothing.
     pub fn undelete(&self, id: FileId) -> Result<FileInfo> {
-        self.inner.committer.commit(&self.inner, Change::Undelete(id))
+        self.inner
+            .committer
+            .commit(&self.inner, Change::Undelete(id))
     }
 
     /// Makes old `version` the current content again, as a new version (history is kept).
     pub fn restore(&self, id: FileId, version: u32) -> Result<FileInfo> {
         let r = self.inner.index.read()?;
-        let f = r.file(id)?.ok_or_else(|| Error::not_found(format!("file {id}")))?;
+        let f = r
+            .file(id)?
+            .ok_or_else(|| Error::not_found(format!("file {id}")))?;
         if f.deleted_ms.is_some() {
-            return Err(Error::not_found(format!("file {id} (deleted; undelete it first)")));
+            return Err(Error::not_found(format!(
+                "file {id} (deleted; undelete it first)"
+            )));
         }
         let old = r
             .version(id, version)?
@@ -903,7 +1048,9 @@ impl Store {
     /// Reads and checks the chunk at `loc`, which must be `id`.
     pub(crate) fn read_chunk(&self, id: &ChunkId, loc: Location, buf: &mut Vec<u8>) -> Result<()> {
         let header = self.inner.packs.read_into(loc, buf).map_err(|e| match e {
-            Error::Corrupt { location, detail, .. } => Error::Corrupt {
+            Error::Corrupt {
+                location, detail, ..
+            } => Error::Corrupt {
                 location,
                 detail,
                 chunk: Some(id.to_hex()),
@@ -912,7 +1059,11 @@ impl Store {
         })?;
         if header.key != id.0 || header.kind != RecordKind::Chunk {
             return Err(Error::Corrupt {
-                location: format!("{} at offset {}", self.inner.packs.storage().describe(loc.pack), loc.offset),
+                location: format!(
+                    "{} at offset {}",
+                    self.inner.packs.storage().describe(loc.pack),
+                    loc.offset
+                ),
                 detail: "the index points at a different record".into(),
                 chunk: Some(id.to_hex()),
             });

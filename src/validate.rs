@@ -57,8 +57,15 @@ pub fn sanitize_display_name(original: &str) -> String {
         }
         name.push(c);
     }
-    let name = name.trim().trim_start_matches('.').trim_end_matches(['.', ' ']);
-    let mut name = if name.is_empty() { "file".to_string() } else { name.to_string() };
+    let name = name
+        .trim()
+        .trim_start_matches('.')
+        .trim_end_matches(['.', ' ']);
+    let mut name = if name.is_empty() {
+        "file".to_string()
+    } else {
+        name.to_string()
+    };
 
     let (stem, ext) = match name.rfind('.') {
         Some(i) if i > 0 => (name[..i].to_string(), name[i + 1..].to_lowercase()),
@@ -72,7 +79,11 @@ pub fn sanitize_display_name(original: &str) -> String {
     } else {
         stem
     };
-    let ext_part = if ext.is_empty() { String::new() } else { format!(".{ext}") };
+    let ext_part = if ext.is_empty() {
+        String::new()
+    } else {
+        format!(".{ext}")
+    };
     let budget = MAX_NAME_BYTES.saturating_sub(ext_part.len()).max(1);
     let mut stem_cut = stem.as_str();
     while stem_cut.len() > budget {
@@ -102,7 +113,10 @@ mod tests {
     #[test]
     fn hostile_names_are_defused() {
         assert_eq!(sanitize_display_name("../../etc/passwd"), "passwd");
-        assert_eq!(sanitize_display_name("C:\\Users\\x\\Report.PDF"), "Report.pdf");
+        assert_eq!(
+            sanitize_display_name("C:\\Users\\x\\Report.PDF"),
+            "Report.pdf"
+        );
         assert_eq!(sanitize_display_name(".."), "file");
         assert_eq!(sanitize_display_name(""), "file");
         assert_eq!(sanitize_display_name("a..b.TXT"), "a.b.txt");

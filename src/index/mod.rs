@@ -10,15 +10,20 @@ mod schema;
 
 use std::path::Path;
 
-use redb::{Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, WriteTransaction};
+use redb::{
+    Database, Durability, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable,
+    WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, FileId};
-use crate::pack::manifest::{ChunkRef, FileEvent, VersionMeta, decode_chunk_list, encode_chunk_list};
+use crate::pack::manifest::{
+    ChunkRef, FileEvent, VersionMeta, decode_chunk_list, encode_chunk_list,
+};
 use crate::pack::{Location, PackState};
-pub use schema::{ChunkRow, INDEX_FORMAT};
 use schema::*;
+pub use schema::{ChunkRow, INDEX_FORMAT};
 
 /// Maps any redb error into [`Error::Index`] naming the operation.
 fn ix<E: std::fmt::Display>(context: &'static str) -> impl FnOnce(E) -> Error {
@@ -96,17 +101,34 @@ pub struct ListFilter<'a> {
 
 /// The redb database of a store.
 pub struct Index {
-    db: Database,
+    db: Db,
+}
+
+enum Db {
+    ReadWrite(Database),
+    ReadOnly(ReadOnlyDatabase),
+}
+
+/// Why a read-only open failed.
+pub enum ReadOnlyOpen {
+    /// The index was not closed cleanly; a read-write open must repair it first.
+    NeedsRepair,
+    Failed(Error),
 }
 
 impl Index {
     /// Creates a new, empty index file (fails if it exists).
     pub fn create(path: &Path) -> Result<Self> {
         if path.exists() {
-            return Err(Error::InvalidInput(format!("{} already exists", path.display())));
+            return Err(Error::InvalidInput(format!(
+                "{} already exists",
+                path.display()
+            )));
         }
         let db = Database::create(path).map_err(ix("creating the index"))?;
-        let index = Index { db };
+        let index = Index {
+            db: Db::ReadWrite(db),
+        };
         let mut w = index.write()?;
         w.set_meta("format", &INDEX_FORMAT.to_le_bytes())?;
         // Create every table now, so readers never meet a missing one.
@@ -115,9 +137,11 @@ impl Index {
             tx.open_table(FILES).map_err(ix("creating tables"))?;
             tx.open_table(KEYS).map_err(ix("creating tables"))?;
             tx.open_table(OWNER_FILES).map_err(ix("creating tables"))?;
-            tx.open_table(CATEGORY_FILES).map_err(ix("creating tables"))?;
+            tx.open_table(CATEGORY_FILES)
+                .map_err(ix("creating tables"))?;
             tx.open_table(VERSIONS).map_err(ix("creating tables"))?;
-            tx.open_table(VERSION_CHUNKS).map_err(ix("creating tables"))?;
+            tx.open_table(VERSION_CHUNKS)
+                .map_err(ix("creating tables"))?;
             tx.open_table(CHUNKS).map_err(ix("creating tables"))?;
             tx.open_table(PACKS).map_err(ix("creating tables"))?;
         }
@@ -128,7 +152,29 @@ impl Index {
     /// Opens an existing index and checks its format.
     pub fn open(path: &Path) -> Result<Self> {
         let db = Database::open(path).map_err(ix("opening the index"))?;
-        let index = Index { db };
+        Index {
+            db: Db::ReadWrite(db),
+        }
+        .checked(path)
+    }
+
+    /// Opens an existing index without writing to it (no fsyncs at open or close), so several
+    /// readers can share it. Writes fail.
+    pub fn open_read_only(path: &Path) -> std::result::Result<Self, ReadOnlyOpen> {
+        let db = match redb::Builder::new().open_read_only(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::RepairAborted) => return Err(ReadOnlyOpen::NeedsRepair),
+            Err(e) => return Err(ReadOnlyOpen::Failed(ix("opening the index read-only")(e))),
+        };
+        Index {
+            db: Db::ReadOnly(db),
+        }
+        .checked(path)
+        .map_err(ReadOnlyOpen::Failed)
+    }
+
+    fn checked(self, path: &Path) -> Result<Self> {
+        let index = self;
         let format = index
             .read()?
             .meta("format")?
@@ -143,15 +189,24 @@ impl Index {
     }
 
     pub fn read(&self) -> Result<ReadTx> {
+        let tx = match &self.db {
+            Db::ReadWrite(db) => db.begin_read(),
+            Db::ReadOnly(db) => db.begin_read(),
+        };
         Ok(ReadTx {
-            tx: self.db.begin_read().map_err(ix("starting a read transaction"))?,
+            tx: tx.map_err(ix("starting a read transaction"))?,
         })
     }
 
     /// Starts the (single) write transaction; blocks while another is open.
     pub fn write(&self) -> Result<WriteTx> {
+        let Db::ReadWrite(db) = &self.db else {
+            return Err(Error::InvalidInput("the store is open read-only".into()));
+        };
         Ok(WriteTx {
-            tx: self.db.begin_write().map_err(ix("starting a write transaction"))?,
+            tx: db
+                .begin_write()
+                .map_err(ix("starting a write transaction"))?,
         })
     }
 }
@@ -161,12 +216,16 @@ macro_rules! lookups {
     () => {
         pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
             let t = self.tx.open_table(META).map_err(ix("opening meta"))?;
-            Ok(t.get(name).map_err(ix("reading meta"))?.map(|v| v.value().to_vec()))
+            Ok(t.get(name)
+                .map_err(ix("reading meta"))?
+                .map(|v| v.value().to_vec()))
         }
 
         pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkRow>> {
             let t = self.tx.open_table(CHUNKS).map_err(ix("opening chunks"))?;
-            Ok(t.get(&id.0).map_err(ix("reading a chunk"))?.map(|v| ChunkRow::decode(v.value())))
+            Ok(t.get(&id.0)
+                .map_err(ix("reading a chunk"))?
+                .map(|v| ChunkRow::decode(v.value())))
         }
 
         pub fn file(&self, id: FileId) -> Result<Option<FileRecord>> {
@@ -179,7 +238,10 @@ macro_rules! lookups {
 
         pub fn file_by_key(&self, owner: &str, key: &str) -> Result<Option<FileRecord>> {
             let t = self.tx.open_table(KEYS).map_err(ix("opening keys"))?;
-            let id = t.get((owner, key)).map_err(ix("reading a key"))?.map(|v| v.value());
+            let id = t
+                .get((owner, key))
+                .map_err(ix("reading a key"))?
+                .map(|v| v.value());
             match id {
                 Some(id) => self.file(FileId(id)),
                 None => Ok(None),
@@ -187,7 +249,10 @@ macro_rules! lookups {
         }
 
         pub fn version(&self, id: FileId, version: u32) -> Result<Option<VersionRecord>> {
-            let t = self.tx.open_table(VERSIONS).map_err(ix("opening versions"))?;
+            let t = self
+                .tx
+                .open_table(VERSIONS)
+                .map_err(ix("opening versions"))?;
             t.get((id.0, version))
                 .map_err(ix("reading a version"))?
                 .map(|v| decode_json(v.value(), "version record"))
@@ -196,9 +261,15 @@ macro_rules! lookups {
 
         /// All versions of a file, oldest first.
         pub fn versions(&self, id: FileId) -> Result<Vec<VersionRecord>> {
-            let t = self.tx.open_table(VERSIONS).map_err(ix("opening versions"))?;
+            let t = self
+                .tx
+                .open_table(VERSIONS)
+                .map_err(ix("opening versions"))?;
             let mut out = Vec::new();
-            for entry in t.range((id.0, 0)..=(id.0, u32::MAX)).map_err(ix("listing versions"))? {
+            for entry in t
+                .range((id.0, 0)..=(id.0, u32::MAX))
+                .map_err(ix("listing versions"))?
+            {
                 let (_, v) = entry.map_err(ix("listing versions"))?;
                 out.push(decode_json(v.value(), "version record")?);
             }
@@ -206,7 +277,10 @@ macro_rules! lookups {
         }
 
         pub fn version_chunks(&self, id: FileId, version: u32) -> Result<Vec<ChunkRef>> {
-            let t = self.tx.open_table(VERSION_CHUNKS).map_err(ix("opening version chunks"))?;
+            let t = self
+                .tx
+                .open_table(VERSION_CHUNKS)
+                .map_err(ix("opening version chunks"))?;
             let v = t
                 .get((id.0, version))
                 .map_err(ix("reading version chunks"))?
@@ -272,11 +346,15 @@ impl ReadTx {
         &self,
         mut f: impl FnMut(FileId, u32, Vec<ChunkRef>) -> Result<()>,
     ) -> Result<()> {
-        let t = self.tx.open_table(VERSION_CHUNKS).map_err(ix("opening version chunks"))?;
+        let t = self
+            .tx
+            .open_table(VERSION_CHUNKS)
+            .map_err(ix("opening version chunks"))?;
         for entry in t.iter().map_err(ix("listing version chunks"))? {
             let (k, v) = entry.map_err(ix("listing version chunks"))?;
             let (file, version) = k.value();
-            let chunks = decode_chunk_list(v.value()).map_err(|e| Error::corrupt("index version chunks", e))?;
+            let chunks = decode_chunk_list(v.value())
+                .map_err(|e| Error::corrupt("index version chunks", e))?;
             f(FileId(file), version, chunks)?;
         }
         Ok(())
@@ -333,12 +411,16 @@ impl ReadTx {
                 if f.after == Some(key) {
                     continue;
                 }
-                let Some(r) = self.file(FileId(v.value()))? else { continue };
+                let Some(r) = self.file(FileId(v.value()))? else {
+                    continue;
+                };
                 if !push(r, &mut out) {
                     break;
                 }
             }
-            let next = more.then(|| out.last().and_then(|r| r.key.clone())).flatten();
+            let next = more
+                .then(|| out.last().and_then(|r| r.key.clone()))
+                .flatten();
             return Ok((out, next));
         }
 
@@ -349,14 +431,27 @@ impl ReadTx {
         let lower = after.map_or(0, |a| a.saturating_add(1));
         let ids: Box<dyn Iterator<Item = Result<u128>>> = match (f.owner, f.category) {
             (Some(owner), _) => {
-                let t = self.tx.open_table(OWNER_FILES).map_err(ix("opening owner files"))?;
-                let r = t.range((owner, lower)..=(owner, u128::MAX)).map_err(ix("listing by owner"))?;
+                let t = self
+                    .tx
+                    .open_table(OWNER_FILES)
+                    .map_err(ix("opening owner files"))?;
+                let r = t
+                    .range((owner, lower)..=(owner, u128::MAX))
+                    .map_err(ix("listing by owner"))?;
                 Box::new(r.map(|e| e.map(|(k, _)| k.value().1).map_err(ix("listing by owner"))))
             }
             (None, Some(cat)) => {
-                let t = self.tx.open_table(CATEGORY_FILES).map_err(ix("opening category files"))?;
-                let r = t.range((cat, lower)..=(cat, u128::MAX)).map_err(ix("listing by category"))?;
-                Box::new(r.map(|e| e.map(|(k, _)| k.value().1).map_err(ix("listing by category"))))
+                let t = self
+                    .tx
+                    .open_table(CATEGORY_FILES)
+                    .map_err(ix("opening category files"))?;
+                let r = t
+                    .range((cat, lower)..=(cat, u128::MAX))
+                    .map_err(ix("listing by category"))?;
+                Box::new(r.map(|e| {
+                    e.map(|(k, _)| k.value().1)
+                        .map_err(ix("listing by category"))
+                }))
             }
             (None, None) => {
                 let t = self.tx.open_table(FILES).map_err(ix("opening files"))?;
@@ -365,7 +460,9 @@ impl ReadTx {
             }
         };
         for id in ids {
-            let Some(r) = self.file(FileId(id?))? else { continue };
+            let Some(r) = self.file(FileId(id?))? else {
+                continue;
+            };
             if !push(r, &mut out) {
                 break;
             }
@@ -406,7 +503,8 @@ impl WriteTx {
             }
             None => (ChunkRow { refs: n, ..row }, true),
         };
-        t.insert(&id.0, &row.encode()).map_err(ix("writing a chunk"))?;
+        t.insert(&id.0, &row.encode())
+            .map_err(ix("writing a chunk"))?;
         drop(t);
         if new {
             self.add_counter("chunks", 1)?;
@@ -421,14 +519,31 @@ impl WriteTx {
         {
             if let Some(key) = &r.key {
                 let mut keys = self.tx.open_table(KEYS).map_err(ix("opening keys"))?;
-                if keys.insert((r.owner.as_str(), key.as_str()), r.id.0).map_err(ix("writing a key"))?.is_some() {
-                    return Err(Error::InvalidInput(format!("key {key:?} of owner {:?} already exists", r.owner)));
+                if keys
+                    .insert((r.owner.as_str(), key.as_str()), r.id.0)
+                    .map_err(ix("writing a key"))?
+                    .is_some()
+                {
+                    return Err(Error::InvalidInput(format!(
+                        "key {key:?} of owner {:?} already exists",
+                        r.owner
+                    )));
                 }
             }
-            let mut by_owner = self.tx.open_table(OWNER_FILES).map_err(ix("opening owner files"))?;
-            by_owner.insert((r.owner.as_str(), r.id.0), ()).map_err(ix("writing owner files"))?;
-            let mut by_cat = self.tx.open_table(CATEGORY_FILES).map_err(ix("opening category files"))?;
-            by_cat.insert((r.category.as_str(), r.id.0), ()).map_err(ix("writing category files"))?;
+            let mut by_owner = self
+                .tx
+                .open_table(OWNER_FILES)
+                .map_err(ix("opening owner files"))?;
+            by_owner
+                .insert((r.owner.as_str(), r.id.0), ())
+                .map_err(ix("writing owner files"))?;
+            let mut by_cat = self
+                .tx
+                .open_table(CATEGORY_FILES)
+                .map_err(ix("opening category files"))?;
+            by_cat
+                .insert((r.category.as_str(), r.id.0), ())
+                .map_err(ix("writing category files"))?;
         }
         self.add_counter("files", 1)?;
         self.update_file(r)
@@ -438,7 +553,8 @@ impl WriteTx {
     pub fn update_file(&mut self, r: &FileRecord) -> Result<()> {
         let mut t = self.tx.open_table(FILES).map_err(ix("opening files"))?;
         let json = serde_json::to_vec(r).expect("file record serialises");
-        t.insert(r.id.0, json.as_slice()).map_err(ix("writing a file"))?;
+        t.insert(r.id.0, json.as_slice())
+            .map_err(ix("writing a file"))?;
         Ok(())
     }
 
@@ -447,9 +563,15 @@ impl WriteTx {
     pub fn insert_version(&mut self, v: &VersionRecord, chunks: &[ChunkRef]) -> Result<()> {
         let key = (v.meta.file_id.0, v.meta.version);
         {
-            let mut t = self.tx.open_table(VERSIONS).map_err(ix("opening versions"))?;
+            let mut t = self
+                .tx
+                .open_table(VERSIONS)
+                .map_err(ix("opening versions"))?;
             let json = serde_json::to_vec(v).expect("version record serialises");
-            if t.insert(key, json.as_slice()).map_err(ix("writing a version"))?.is_some() {
+            if t.insert(key, json.as_slice())
+                .map_err(ix("writing a version"))?
+                .is_some()
+            {
                 return Err(Error::InvalidInput(format!(
                     "version {} of {} already exists",
                     v.meta.version, v.meta.file_id
@@ -457,8 +579,12 @@ impl WriteTx {
             }
             let mut list = Vec::new();
             encode_chunk_list(chunks, &mut list);
-            let mut t = self.tx.open_table(VERSION_CHUNKS).map_err(ix("opening version chunks"))?;
-            t.insert(key, list.as_slice()).map_err(ix("writing version chunks"))?;
+            let mut t = self
+                .tx
+                .open_table(VERSION_CHUNKS)
+                .map_err(ix("opening version chunks"))?;
+            t.insert(key, list.as_slice())
+                .map_err(ix("writing version chunks"))?;
         }
         self.add_counter("versions", 1)?;
         self.add_counter("logical_bytes", v.meta.size as i64)
@@ -576,7 +702,8 @@ impl WriteTx {
     pub fn set_packs(&mut self, states: &[PackState]) -> Result<()> {
         let mut t = self.tx.open_table(PACKS).map_err(ix("opening packs"))?;
         for s in states {
-            t.insert(s.id, &encode_pack_row(s)).map_err(ix("writing packs"))?;
+            t.insert(s.id, &encode_pack_row(s))
+                .map_err(ix("writing packs"))?;
         }
         Ok(())
     }
@@ -597,5 +724,6 @@ impl WriteTx {
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| Error::corrupt(format!("index {what}"), e.to_string()))
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::corrupt(format!("index {what}"), e.to_string()))
 }

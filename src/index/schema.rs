@@ -19,11 +19,13 @@ pub const KEYS: TableDefinition<(&str, &str), u128> = TableDefinition::new("keys
 /// (owner, file id) → (): list by owner in id (= creation) order.
 pub const OWNER_FILES: TableDefinition<(&str, u128), ()> = TableDefinition::new("owner_files");
 /// (category, file id) → (): list by category.
-pub const CATEGORY_FILES: TableDefinition<(&str, u128), ()> = TableDefinition::new("category_files");
+pub const CATEGORY_FILES: TableDefinition<(&str, u128), ()> =
+    TableDefinition::new("category_files");
 /// (file id, version) → `VersionRecord` (JSON).
 pub const VERSIONS: TableDefinition<(u128, u32), &[u8]> = TableDefinition::new("versions");
 /// (file id, version) → chunk list (`pack::manifest::encode_chunk_list`).
-pub const VERSION_CHUNKS: TableDefinition<(u128, u32), &[u8]> = TableDefinition::new("version_chunks");
+pub const VERSION_CHUNKS: TableDefinition<(u128, u32), &[u8]> =
+    TableDefinition::new("version_chunks");
 /// Chunk id → `ChunkRow` (fixed 32 bytes).
 pub const CHUNKS: TableDefinition<&[u8; 32], &[u8; CHUNK_ROW_LEN]> = TableDefinition::new("chunks");
 /// Pack id → `PackState` (fixed 9 bytes): committed length and sealed flag.

@@ -57,12 +57,17 @@ enum Op {
 }
 
 /// Rebuilds the index of the store in `dir` from its packs. The store must not be open.
-pub fn recover(dir: impl AsRef<Path>, config: &Config, progress: &dyn Progress) -> Result<RecoverReport> {
+pub fn recover(
+    dir: impl AsRef<Path>,
+    config: &Config,
+    progress: &dyn Progress,
+) -> Result<RecoverReport> {
     let dir = dir.as_ref();
     let _lock = lock_store(dir)?;
     let identity = Identity::load(dir)?;
     let store_id = identity.store_id()?;
-    let storage = FsPackStorage::new(pack_dir(dir)).ctx(|| format!("opening {}", pack_dir(dir).display()))?;
+    let storage =
+        FsPackStorage::new(pack_dir(dir)).ctx(|| format!("opening {}", pack_dir(dir).display()))?;
     let mut report = RecoverReport::default();
 
     let ids = storage.list().ctx(|| "listing packs".into())?;
@@ -79,12 +84,16 @@ pub fn recover(dir: impl AsRef<Path>, config: &Config, progress: &dyn Progress) 
     progress.start("scanning packs", total);
     for (n, &id) in ids.iter().enumerate() {
         let last = n + 1 == ids.len();
-        let map = storage.map(id).ctx(|| format!("mapping {}", storage.describe(id)))?;
+        let map = storage
+            .map(id)
+            .ctx(|| format!("mapping {}", storage.describe(id)))?;
         let bytes: &[u8] = (*map).as_ref();
         match decode_pack_header(bytes) {
             Ok((pid, sid)) if pid == id && sid == store_id => {}
             Ok(_) => {
-                report.skipped_packs.push((id, "header names another pack or store".into()));
+                report
+                    .skipped_packs
+                    .push((id, "header names another pack or store".into()));
                 progress.advance(bytes.len() as u64);
                 continue;
             }
@@ -99,7 +108,11 @@ pub fn recover(dir: impl AsRef<Path>, config: &Config, progress: &dyn Progress) 
         let mut torn_at = None;
         for item in record::scan_records(bytes, PACK_HEADER_LEN as usize) {
             match item {
-                ScanItem::Record { offset, header, stored } => {
+                ScanItem::Record {
+                    offset,
+                    header,
+                    stored,
+                } => {
                     report.records += 1;
                     let loc = Location {
                         pack: id,
@@ -127,18 +140,27 @@ pub fn recover(dir: impl AsRef<Path>, config: &Config, progress: &dyn Progress) 
                         }
                         RecordKind::Manifest => match Manifest::decode(&plain) {
                             Ok(m) => ops.push((loc, Op::Version(m))),
-                            Err(e) => report.problems.push(format!("manifest in pack {id} at {offset}: {e}")),
+                            Err(e) => report
+                                .problems
+                                .push(format!("manifest in pack {id} at {offset}: {e}")),
                         },
                         RecordKind::Event => match FileEvent::decode(&plain) {
                             Ok(FileEvent::Revoke { pack, offset }) => {
                                 revoked.insert((pack, offset));
                             }
                             Ok(e) => ops.push((loc, Op::Event(e))),
-                            Err(e) => report.problems.push(format!("event in pack {id} at {offset}: {e}")),
+                            Err(e) => report
+                                .problems
+                                .push(format!("event in pack {id} at {offset}: {e}")),
                         },
                     }
                 }
-                ScanItem::Damage { offset, len, error, at_end } => {
+                ScanItem::Damage {
+                    offset,
+                    len,
+                    error,
+                    at_end,
+                } => {
                     if at_end {
                         torn_at = Some(offset as u64);
                     } else {
@@ -157,8 +179,11 @@ pub fn recover(dir: impl AsRef<Path>, config: &Config, progress: &dyn Progress) 
         drop(map);
         if let Some(at) = torn_at {
             // Nothing valid follows: a write the crash cut short (or never committed).
-            let f = storage.open(id).ctx(|| format!("opening {}", storage.describe(id)))?;
-            f.truncate(at).ctx(|| format!("truncating {}", storage.describe(id)))?;
+            let f = storage
+                .open(id)
+                .ctx(|| format!("opening {}", storage.describe(id)))?;
+            f.truncate(at)
+                .ctx(|| format!("truncating {}", storage.describe(id)))?;
             report.truncated.push((id, len - at));
             valid_end = at;
         }
@@ -185,16 +210,18 @@ pub fn recover(dir: impl AsRef<Path>, config: &Config, progress: &dyn Progress) 
             continue;
         }
         match op {
-            Op::Version(m) => match w.apply_version(&m.meta, &m.chunks, *loc, |id| rows.get(id).copied()) {
-                Ok((_, missing)) => {
-                    report.versions += 1;
-                    report.missing_chunks += missing.len() as u64;
+            Op::Version(m) => {
+                match w.apply_version(&m.meta, &m.chunks, *loc, |id| rows.get(id).copied()) {
+                    Ok((_, missing)) => {
+                        report.versions += 1;
+                        report.missing_chunks += missing.len() as u64;
+                    }
+                    Err(e) => report.problems.push(format!(
+                        "file {} version {}: {e}",
+                        m.meta.file_id, m.meta.version
+                    )),
                 }
-                Err(e) => report.problems.push(format!(
-                    "file {} version {}: {e}",
-                    m.meta.file_id, m.meta.version
-                )),
-            },
+            }
             Op::Event(e) => match w.apply_event(e) {
                 Ok(_) => report.events += 1,
                 Err(err) => report.problems.push(format!("event {e:?}: {err}")),
@@ -219,7 +246,8 @@ pub fn recover(dir: impl AsRef<Path>, config: &Config, progress: &dyn Progress) 
     let live = index_path(dir);
     if live.exists() {
         let backup = dir.join(format!("index.redb.bak-{}", config.clock.now_ms()));
-        fs::rename(&live, &backup).ctx(|| format!("moving the old index to {}", backup.display()))?;
+        fs::rename(&live, &backup)
+            .ctx(|| format!("moving the old index to {}", backup.display()))?;
         report.old_index = Some(backup);
     }
     fs::rename(&building, &live).ctx(|| format!("installing {}", live.display()))?;

@@ -56,13 +56,19 @@ pub struct VerifyReport {
 impl VerifyReport {
     /// True when nothing is damaged or inconsistent.
     pub fn is_ok(&self) -> bool {
-        self.damaged_chunks.is_empty() && self.damaged_regions.is_empty() && self.problems.is_empty()
+        self.damaged_chunks.is_empty()
+            && self.damaged_regions.is_empty()
+            && self.problems.is_empty()
     }
 }
 
 /// What the scan learned about the record at one (pack, offset).
 enum Seen {
-    Ok { kind: RecordKind, key: [u8; 32], len: u64 },
+    Ok {
+        kind: RecordKind,
+        key: [u8; 32],
+        len: u64,
+    },
     Bad(String),
 }
 
@@ -100,18 +106,24 @@ impl Store {
             }
             match decode_pack_header(bytes) {
                 Ok((id, sid)) if id == state.id && sid == inner.packs.store_id() => {}
-                Ok(_) => report
-                    .problems
-                    .push(format!("{}: header names another pack or store", describe(state.id))),
+                Ok(_) => report.problems.push(format!(
+                    "{}: header names another pack or store",
+                    describe(state.id)
+                )),
                 Err(e) => report.problems.push(format!("{}: {e}", describe(state.id))),
             }
             let body = &bytes[..(state.len as usize).min(bytes.len())];
             let mut done = PACK_HEADER_LEN;
             for item in record::scan_records(body, PACK_HEADER_LEN as usize) {
                 match item {
-                    ScanItem::Record { offset, header, stored } => {
+                    ScanItem::Record {
+                        offset,
+                        header,
+                        stored,
+                    } => {
                         report.records += 1;
-                        let status = match record::decode_payload_into(&header, stored, &mut plain) {
+                        let status = match record::decode_payload_into(&header, stored, &mut plain)
+                        {
                             Ok(()) => {
                                 report.bytes_checked += plain.len() as u64;
                                 Seen::Ok {
@@ -127,7 +139,9 @@ impl Store {
                         progress.advance(end - done);
                         done = end;
                     }
-                    ScanItem::Damage { offset, len, error, .. } => {
+                    ScanItem::Damage {
+                        offset, len, error, ..
+                    } => {
                         seen.insert((state.id, offset as u64), Seen::Bad(error.to_string()));
                         report.damaged_regions.push(DamagedRegion {
                             pack: state.id,
@@ -149,7 +163,11 @@ impl Store {
             report.chunks += 1;
             recorded_refs.insert(id, row.refs);
             let error = match seen.get(&(row.loc.pack, row.loc.offset)) {
-                Some(Seen::Ok { kind: RecordKind::Chunk, key, len }) if *key == id.0 && *len == row.loc.len as u64 => None,
+                Some(Seen::Ok {
+                    kind: RecordKind::Chunk,
+                    key,
+                    len,
+                }) if *key == id.0 && *len == row.loc.len as u64 => None,
                 Some(Seen::Ok { .. }) => Some("the index points at a different record".to_string()),
                 Some(Seen::Bad(e)) => Some(e.clone()),
                 None => Some("no intact record starts at the indexed location".to_string()),
@@ -237,7 +255,10 @@ impl Store {
         })?;
         for f in files.values() {
             if r.version(f.id, f.latest)?.is_none() {
-                report.problems.push(format!("file {}: current version {} is missing", f.id, f.latest));
+                report.problems.push(format!(
+                    "file {}: current version {} is missing",
+                    f.id, f.latest
+                ));
             }
         }
 

@@ -31,7 +31,10 @@ pub fn encode_chunk_list(chunks: &[ChunkRef], out: &mut Vec<u8>) {
 
 pub fn decode_chunk_list(buf: &[u8]) -> Result<Vec<ChunkRef>, String> {
     if !buf.len().is_multiple_of(CHUNK_REF_LEN) {
-        return Err(format!("chunk list of {} bytes is not a whole number of entries", buf.len()));
+        return Err(format!(
+            "chunk list of {} bytes is not a whole number of entries",
+            buf.len()
+        ));
     }
     Ok(buf
         .chunks_exact(CHUNK_REF_LEN)
@@ -152,8 +155,14 @@ mod tests {
 
     fn sample() -> Manifest {
         let chunks = vec![
-            ChunkRef { id: ChunkId::of(b"a"), len: 10 },
-            ChunkRef { id: ChunkId::of(b"b"), len: 5 },
+            ChunkRef {
+                id: ChunkId::of(b"a"),
+                len: 10,
+            },
+            ChunkRef {
+                id: ChunkId::of(b"b"),
+                len: 5,
+            },
         ];
         Manifest {
             meta: VersionMeta {
@@ -185,7 +194,11 @@ mod tests {
 
         let mut wrong = sample();
         wrong.meta.size = 99;
-        assert!(Manifest::decode(&wrong.encode()).unwrap_err().contains("add up"));
+        assert!(
+            Manifest::decode(&wrong.encode())
+                .unwrap_err()
+                .contains("add up")
+        );
         assert!(Manifest::decode(&m.encode()[..3]).is_err());
         let enc = m.encode();
         assert!(Manifest::decode(&enc[..enc.len() - 1]).is_err());
@@ -193,7 +206,10 @@ mod tests {
 
     #[test]
     fn events_round_trip() {
-        let e = FileEvent::Delete { file_id: FileId::new(), at_ms: 5 };
+        let e = FileEvent::Delete {
+            file_id: FileId::new(),
+            at_ms: 5,
+        };
         assert_eq!(FileEvent::decode(&e.encode()).unwrap(), e);
         assert!(FileEvent::decode(b"{\"op\":\"explode\"}").is_err());
     }

@@ -54,7 +54,9 @@ pub fn decode_pack_header(h: &[u8]) -> std::result::Result<(u32, u128), String> 
     }
     let format = u16::from_le_bytes(h[8..10].try_into().unwrap());
     if format != PACK_FORMAT {
-        return Err(format!("pack format {format} is not supported (this build reads {PACK_FORMAT})"));
+        return Err(format!(
+            "pack format {format} is not supported (this build reads {PACK_FORMAT})"
+        ));
     }
     let pack_id = u32::from_le_bytes(h[12..16].try_into().unwrap());
     let store_id = u128::from_le_bytes(h[16..32].try_into().unwrap());
@@ -117,6 +119,7 @@ pub struct Packs {
     storage: Arc<dyn PackStorage>,
     store_id: u128,
     target_size: u64,
+    read_only: bool,
     writer: Mutex<Writer>,
     /// Id of the pack currently appended to (`u32::MAX` when none); every other pack is sealed.
     active_id: AtomicU32,
@@ -127,12 +130,14 @@ pub struct Packs {
 impl Packs {
     /// Opens the packs of a store against the index's view of them (`known`: the state recorded
     /// at the last commit). Truncates every pack to its committed length and removes packs the
-    /// index has never heard of.
+    /// index has never heard of — unless `read_only`, which changes nothing on disk, ignores bytes
+    /// past the committed lengths and refuses appends.
     pub fn open(
         storage: Arc<dyn PackStorage>,
         store_id: u128,
         target_size: u64,
         known: &[PackState],
+        read_only: bool,
     ) -> Result<(Self, OpenReport)> {
         let mut report = OpenReport::default();
         let on_disk = storage.list().ctx(|| "listing pack files".into())?;
@@ -140,20 +145,42 @@ impl Packs {
         let mut files = HashMap::new();
         for &id in &on_disk {
             let Some(state) = known_map.get(&id) else {
-                tracing::warn!(pack = id, "removing pack unknown to the index (no committed data)");
-                storage.remove(id).ctx(|| format!("removing {}", storage.describe(id)))?;
+                if read_only {
+                    continue;
+                }
+                tracing::warn!(
+                    pack = id,
+                    "removing pack unknown to the index (no committed data)"
+                );
+                storage
+                    .remove(id)
+                    .ctx(|| format!("removing {}", storage.describe(id)))?;
                 report.removed.push(id);
                 continue;
             };
-            let file = storage.open(id).ctx(|| format!("opening {}", storage.describe(id)))?;
-            let len = file.size().ctx(|| format!("reading length of {}", storage.describe(id)))?;
-            if len > state.len {
-                tracing::warn!(pack = id, bytes = len - state.len, "truncating uncommitted pack tail");
+            let file = storage
+                .open(id)
+                .ctx(|| format!("opening {}", storage.describe(id)))?;
+            let len = file
+                .size()
+                .ctx(|| format!("reading length of {}", storage.describe(id)))?;
+            if len > state.len && read_only {
+                // Not ours to cut; reads only go to committed locations.
+            } else if len > state.len {
+                tracing::warn!(
+                    pack = id,
+                    bytes = len - state.len,
+                    "truncating uncommitted pack tail"
+                );
                 file.truncate(state.len)
                     .ctx(|| format!("truncating {} to {}", storage.describe(id), state.len))?;
                 report.truncated.push((id, len - state.len));
             } else if len < state.len {
-                let msg = format!("{} is {len} bytes but {} were committed", storage.describe(id), state.len);
+                let msg = format!(
+                    "{} is {len} bytes but {} were committed",
+                    storage.describe(id),
+                    state.len
+                );
                 tracing::error!("{msg}");
                 report.damaged.push((id, msg));
             }
@@ -168,9 +195,14 @@ impl Packs {
         }
 
         // Keep appending to the newest pack if it was left open and has room.
-        let next_id = on_disk.iter().chain(known.iter().map(|p| &p.id)).max().map_or(1, |m| m + 1);
+        let next_id = on_disk
+            .iter()
+            .chain(known.iter().map(|p| &p.id))
+            .max()
+            .map_or(1, |m| m + 1);
         let mut active = None;
         if let Some(last) = known.iter().max_by_key(|p| p.id)
+            && !read_only
             && !last.sealed
             && last.len < target_size
             && let Some(file) = files.get(&last.id)
@@ -188,6 +220,7 @@ impl Packs {
             storage,
             store_id,
             target_size,
+            read_only,
             writer: Mutex::new(Writer {
                 active,
                 next_id,
@@ -208,10 +241,16 @@ impl Packs {
     /// Appends `buf` — one or more whole encoded records — and returns where it starts. The
     /// bytes are readable at once but durable only after [`Packs::sync`].
     pub fn append(&self, buf: &[u8]) -> Result<Location> {
+        if self.read_only {
+            return Err(Error::InvalidInput("the store is open read-only".into()));
+        }
         let mut w = self.writer.lock().unwrap();
         let must_roll = match &w.active {
             None => true,
-            Some(a) => a.poisoned || (a.len > PACK_HEADER_LEN && a.len + buf.len() as u64 > self.target_size),
+            Some(a) => {
+                a.poisoned
+                    || (a.len > PACK_HEADER_LEN && a.len + buf.len() as u64 > self.target_size)
+            }
         };
         if must_roll {
             self.roll(&mut w)?;
@@ -262,7 +301,8 @@ impl Packs {
             return Err(e).ctx(|| format!("writing header of {}", self.storage.describe(id)));
         }
         self.files.write().unwrap().insert(id, file.clone());
-        w.unsynced.insert(id, (file.clone(), PACK_HEADER_LEN, false));
+        w.unsynced
+            .insert(id, (file.clone(), PACK_HEADER_LEN, false));
         w.active = Some(Active {
             id,
             file,
@@ -286,11 +326,16 @@ impl Packs {
                 .collect()
         };
         for (id, file, _, _) in &todo {
-            file.sync().ctx(|| format!("syncing {}", self.storage.describe(*id)))?;
+            file.sync()
+                .ctx(|| format!("syncing {}", self.storage.describe(*id)))?;
         }
         let mut w = self.writer.lock().unwrap();
         for (id, _, len, sealed) in todo {
-            let state = w.dirty.entry(id).or_insert(PackState { id, len: 0, sealed: false });
+            let state = w.dirty.entry(id).or_insert(PackState {
+                id,
+                len: 0,
+                sealed: false,
+            });
             state.len = state.len.max(len);
             state.sealed |= sealed;
             // Forget the entry only if nothing was appended since we looked.
@@ -326,7 +371,11 @@ impl Packs {
     pub fn read_into(&self, loc: Location, plain: &mut Vec<u8>) -> Result<RecordHeader> {
         let corrupt = |e: RecordError| {
             Error::corrupt(
-                format!("{} at offset {}", self.storage.describe(loc.pack), loc.offset),
+                format!(
+                    "{} at offset {}",
+                    self.storage.describe(loc.pack),
+                    loc.offset
+                ),
                 e.to_string(),
             )
         };
@@ -363,7 +412,11 @@ impl Packs {
                 })
             } else {
                 Error::Io {
-                    context: format!("reading {} at {}", self.storage.describe(loc.pack), loc.offset),
+                    context: format!(
+                        "reading {} at {}",
+                        self.storage.describe(loc.pack),
+                        loc.offset
+                    ),
                     source: e,
                 }
             }
@@ -375,7 +428,10 @@ impl Packs {
         if let Some(f) = self.files.read().unwrap().get(&id) {
             return Ok(f.clone());
         }
-        let f = self.storage.open(id).ctx(|| format!("opening {}", self.storage.describe(id)))?;
+        let f = self
+            .storage
+            .open(id)
+            .ctx(|| format!("opening {}", self.storage.describe(id)))?;
         self.files.write().unwrap().insert(id, f.clone());
         Ok(f)
     }
@@ -384,19 +440,16 @@ impl Packs {
         if let Some(m) = self.maps.read().unwrap().get(&id) {
             return Ok(m.clone());
         }
-        let m = self
-            .storage
-            .map(id)
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Error::corrupt(self.storage.describe(id), "pack file is missing")
-                } else {
-                    Error::Io {
-                        context: format!("mapping {}", self.storage.describe(id)),
-                        source: e,
-                    }
+        let m = self.storage.map(id).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::corrupt(self.storage.describe(id), "pack file is missing")
+            } else {
+                Error::Io {
+                    context: format!("mapping {}", self.storage.describe(id)),
+                    source: e,
                 }
-            })?;
+            }
+        })?;
         self.maps.write().unwrap().insert(id, m.clone());
         Ok(m)
     }
@@ -408,7 +461,9 @@ impl Packs {
             return self.map(id);
         }
         let file = self.file(id)?;
-        let len = file.size().ctx(|| format!("reading length of {}", self.storage.describe(id)))?;
+        let len = file
+            .size()
+            .ctx(|| format!("reading length of {}", self.storage.describe(id)))?;
         let mut buf = vec![0u8; len as usize];
         file.read_at(0, &mut buf)
             .ctx(|| format!("reading {}", self.storage.describe(id)))?;
@@ -423,7 +478,10 @@ impl Packs {
     pub fn disk_bytes(&self) -> Result<u64> {
         let mut total = 0;
         for id in self.storage.list().ctx(|| "listing pack files".into())? {
-            total += self.file(id)?.size().ctx(|| format!("reading length of {}", self.storage.describe(id)))?;
+            total += self
+                .file(id)?
+                .size()
+                .ctx(|| format!("reading length of {}", self.storage.describe(id)))?;
         }
         Ok(total)
     }
@@ -441,6 +499,11 @@ mod tests {
         bad[20] ^= 1;
         assert!(decode_pack_header(&bad).unwrap_err().contains("checksum"));
         assert!(decode_pack_header(&h[..10]).is_err());
-        assert!(decode_pack_header(b"something else entirely, not a pack header at all, at least 64 bytes").is_err());
+        assert!(
+            decode_pack_header(
+                b"something else entirely, not a pack header at all, at least 64 bytes"
+            )
+            .is_err()
+        );
     }
 }

@@ -115,7 +115,10 @@ pub fn encode_record(
     stored: &[u8],
     out: &mut Vec<u8>,
 ) {
-    assert!(stored.len() <= MAX_PAYLOAD as usize, "record payload over MAX_PAYLOAD");
+    assert!(
+        stored.len() <= MAX_PAYLOAD as usize,
+        "record payload over MAX_PAYLOAD"
+    );
     let start = out.len();
     out.extend_from_slice(&RECORD_MAGIC);
     out.push(kind as u8);
@@ -380,7 +383,13 @@ mod tests {
         let mut buf = Vec::new();
         for i in 0..4u8 {
             let plain = vec![i; 100 + i as usize];
-            encode_plain(RecordKind::Chunk, &plain, &ChunkId::of(&plain).0, 3, &mut buf);
+            encode_plain(
+                RecordKind::Chunk,
+                &plain,
+                &ChunkId::of(&plain).0,
+                3,
+                &mut buf,
+            );
         }
         let second = decode_record(&buf).unwrap().0.record_len() as usize;
         buf[second + HEADER_LEN + 2] ^= 0xff; // damage the second record's payload
@@ -403,6 +412,9 @@ mod tests {
         buf[8..12].copy_from_slice(&(MAX_PAYLOAD + 1).to_le_bytes());
         let crc = crc32c::crc32c(&buf[..48]);
         buf[48..52].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode_header(&buf), Err(RecordError::TooLarge(MAX_PAYLOAD + 1)));
+        assert_eq!(
+            decode_header(&buf),
+            Err(RecordError::TooLarge(MAX_PAYLOAD + 1))
+        );
     }
 }

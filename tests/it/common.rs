@@ -43,8 +43,8 @@ pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
 /// Deterministic compressible text-like bytes, from a seed.
 pub fn text_bytes(seed: u64, len: usize) -> Vec<u8> {
     const WORDS: [&str; 16] = [
-        "tessera ", "chunk ", "pack ", "index ", "redb ", "blake3 ", "zstd ", "store ",
-        "file ", "version ", "owner ", "quota ", "tier ", "cold ", "hot ", "\n",
+        "tessera ", "chunk ", "pack ", "index ", "redb ", "blake3 ", "zstd ", "store ", "file ",
+        "version ", "owner ", "quota ", "tier ", "cold ", "hot ", "\n",
     ];
     let noise = random_bytes(seed, len / 4 + 16);
     let mut out = Vec::with_capacity(len + 16);

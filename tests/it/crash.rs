@@ -15,7 +15,10 @@ use crate::common::{TempStore, blake3_hex};
 
 /// Kills per run; CI runs the default. `TESSERA_CRASH_KILLS` raises it for soak runs.
 fn kills() -> u32 {
-    std::env::var("TESSERA_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(50)
+    std::env::var("TESSERA_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50)
 }
 
 struct Ack {
@@ -27,7 +30,10 @@ struct Ack {
 
 fn parse_ack(line: &str) -> Ack {
     let parts: Vec<&str> = line.split(' ').collect();
-    assert!(parts.len() == 5 && parts[0] == "ACK", "unexpected child output {line:?}");
+    assert!(
+        parts.len() == 5 && parts[0] == "ACK",
+        "unexpected child output {line:?}"
+    );
     Ack {
         key: parts[1].to_string(),
         version: parts[2].parse().unwrap(),
@@ -52,7 +58,14 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_put() {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
             .arg("--store")
             .arg(t.path())
-            .args(["debug-stress", "--threads", "2", "--max-size", "400000", "--seed"])
+            .args([
+                "debug-stress",
+                "--threads",
+                "2",
+                "--max-size",
+                "400000",
+                "--seed",
+            ])
             .arg((seed ^ round as u64).to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -61,15 +74,27 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_put() {
             .expect("spawn tessera debug-stress");
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout).lines().map(|l| l.unwrap()).collect::<Vec<String>>()
+            BufReader::new(stdout)
+                .lines()
+                .map(|l| l.unwrap())
+                .collect::<Vec<String>>()
         });
         std::thread::sleep(Duration::from_millis(rng.random_range(5..400)));
         child.kill().expect("SIGKILL the child");
         let status = child.wait().unwrap();
         let lines = reader.join().unwrap();
         let mut stderr = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-        assert_eq!(status.signal(), Some(9), "round {round}: child ended on its own: {status:?}\n{stderr}");
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "round {round}: child ended on its own: {status:?}\n{stderr}"
+        );
 
         let round_acks: Vec<Ack> = lines.iter().map(|l| parse_ack(l)).collect();
         if !t.path().join("store.json").exists() {
@@ -77,16 +102,28 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_put() {
             assert!(acked.is_empty() && round_acks.is_empty());
             continue;
         }
-        let store = Store::open(t.path(), Config::default())
+        // Read-only, as the CLI's read commands open it: after a kill the index needs repair, so
+        // this also runs the repair-then-reopen path every round.
+        let store = Store::open_read_only(t.path(), Config::default())
             .unwrap_or_else(|e| panic!("round {round}: store does not open after SIGKILL: {e}"));
         let report = store.verify(&()).unwrap();
-        assert!(report.is_ok(), "round {round}: verify after SIGKILL: {report:#?}");
+        assert!(
+            report.is_ok(),
+            "round {round}: verify after SIGKILL: {report:#?}"
+        );
         for a in &round_acks {
             let id = store.resolve_key("local", &a.key).unwrap();
             let mut data = Vec::new();
-            std::io::Read::read_to_end(&mut store.get_version(id, a.version).unwrap(), &mut data).unwrap();
+            std::io::Read::read_to_end(&mut store.get_version(id, a.version).unwrap(), &mut data)
+                .unwrap();
             assert_eq!(data.len() as u64, a.size);
-            assert_eq!(blake3_hex(&data), a.blake3, "round {round}: {} v{}", a.key, a.version);
+            assert_eq!(
+                blake3_hex(&data),
+                a.blake3,
+                "round {round}: {} v{}",
+                a.key,
+                a.version
+            );
         }
         for a in round_acks {
             acked.insert((a.key, a.version), (a.blake3, a.size));
@@ -94,16 +131,28 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_put() {
         // Versions never go backwards: every key's latest is at least its newest ack.
         for (key, version) in acked.keys() {
             let id = store.resolve_key("local", key).unwrap();
-            assert!(store.stat(id).unwrap().version >= *version, "round {round}: {key} lost v{version}");
+            assert!(
+                store.stat(id).unwrap().version >= *version,
+                "round {round}: {key} lost v{version}"
+            );
         }
     }
 
-    assert!(acked.len() > 50, "only {} puts were acknowledged; the test did too little", acked.len());
+    assert!(
+        acked.len() > 50,
+        "only {} puts were acknowledged; the test did too little",
+        acked.len()
+    );
     let store = Store::open(t.path(), Config::default()).unwrap();
     for ((key, version), (hash, size)) in &acked {
         let id = store.resolve_key("local", key).unwrap();
         let mut data = Vec::new();
-        std::io::Read::read_to_end(&mut store.get_version(id, *version).unwrap(), &mut data).unwrap();
-        assert_eq!((blake3_hex(&data), data.len() as u64), (hash.clone(), *size), "{key} v{version}");
+        std::io::Read::read_to_end(&mut store.get_version(id, *version).unwrap(), &mut data)
+            .unwrap();
+        assert_eq!(
+            (blake3_hex(&data), data.len() as u64),
+            (hash.clone(), *size),
+            "{key} v{version}"
+        );
     }
 }

@@ -6,8 +6,8 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 
-use tessera::pack::storage::{PackBytes, PackFile, PackStorage};
 use tessera::pack::FsPackStorage;
+use tessera::pack::storage::{PackBytes, PackFile, PackStorage};
 use tessera::{Config, Error, PutOptions, Store};
 
 use crate::common::{TempStore, random_bytes};
@@ -46,11 +46,17 @@ impl PackStorage for FaultyStorage {
     }
     fn create(&self, id: u32) -> io::Result<Arc<dyn PackFile>> {
         let inner = self.inner.create(id)?;
-        Ok(Arc::new(FaultyFile { inner, faults: self.faults.clone() }))
+        Ok(Arc::new(FaultyFile {
+            inner,
+            faults: self.faults.clone(),
+        }))
     }
     fn open(&self, id: u32) -> io::Result<Arc<dyn PackFile>> {
         let inner = self.inner.open(id)?;
-        Ok(Arc::new(FaultyFile { inner, faults: self.faults.clone() }))
+        Ok(Arc::new(FaultyFile {
+            inner,
+            faults: self.faults.clone(),
+        }))
     }
     fn map(&self, id: u32) -> io::Result<PackBytes> {
         self.inner.map(id)
@@ -76,7 +82,9 @@ impl PackFile for FaultyFile {
             return Err(io::Error::from_raw_os_error(28)); // ENOSPC
         }
         if budget >= 0 {
-            self.faults.write_budget.fetch_sub(buf.len() as i64, Ordering::SeqCst);
+            self.faults
+                .write_budget
+                .fetch_sub(buf.len() as i64, Ordering::SeqCst);
         }
         self.inner.write_at(offset, buf)
     }
@@ -118,10 +126,18 @@ fn enospc_during_a_put_is_a_clear_error_and_loses_nothing() {
     let a_id = store.put(&a[..], &PutOptions::key("a")).unwrap().file.id;
 
     faults.write_budget.store(150_000, Ordering::SeqCst);
-    let err = store.put(&random_bytes(2, 1_000_000)[..], &PutOptions::key("b")).unwrap_err();
+    let err = store
+        .put(&random_bytes(2, 1_000_000)[..], &PutOptions::key("b"))
+        .unwrap_err();
     assert!(err.is_disk_full(), "{err}");
-    assert!(err.to_string().contains(".pack"), "error should name the pack: {err}");
-    assert!(matches!(store.resolve_key("local", "b"), Err(Error::NotFound { .. })));
+    assert!(
+        err.to_string().contains(".pack"),
+        "error should name the pack: {err}"
+    );
+    assert!(matches!(
+        store.resolve_key("local", "b"),
+        Err(Error::NotFound { .. })
+    ));
     assert_eq!(store.read_all(a_id).unwrap(), a);
     assert!(store.verify(&()).unwrap().is_ok());
 
@@ -135,23 +151,37 @@ fn enospc_during_a_put_is_a_clear_error_and_loses_nothing() {
     assert!(report.is_ok(), "{report:?}");
     assert_eq!(store.read_all(a_id).unwrap(), a);
     assert_eq!(store.read_all(c_id).unwrap(), c);
-    assert!(matches!(store.resolve_key("local", "b"), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        store.resolve_key("local", "b"),
+        Err(Error::NotFound { .. })
+    ));
 }
 
 #[test]
 fn a_write_failing_at_any_point_leaves_a_consistent_store() {
     let t = TempStore::new();
-    let config = Config { pack_target_size: 1 << 20, ..Default::default() };
+    let config = Config {
+        pack_target_size: 1 << 20,
+        ..Default::default()
+    };
     drop(Store::create(t.path(), config.clone()).unwrap());
     let (store, faults) = open_faulty(&t, config.clone());
     let base = random_bytes(10, 300_000);
-    let base_id = store.put(&base[..], &PutOptions::key("base")).unwrap().file.id;
+    let base_id = store
+        .put(&base[..], &PutOptions::key("base"))
+        .unwrap()
+        .file
+        .id;
 
     // Budgets from 0 up past the whole put (3 MiB over 1 MiB packs): failures land in chunk
     // records, pack headers after a roll, and the manifest.
     let data = random_bytes(11, 3 << 20);
     let mut failed = 0;
-    for (n, budget) in (0..3_300_000i64).step_by(137_017).chain([0, 1, 63, 64, 65, 116]).enumerate() {
+    for (n, budget) in (0..3_300_000i64)
+        .step_by(137_017)
+        .chain([0, 1, 63, 64, 65, 116])
+        .enumerate()
+    {
         faults.write_budget.store(budget, Ordering::SeqCst);
         let key = format!("try{n}");
         let outcome = store.put(&data[..], &PutOptions::key(&key));
@@ -161,7 +191,10 @@ fn a_write_failing_at_any_point_leaves_a_consistent_store() {
             Err(e) => {
                 failed += 1;
                 assert!(e.is_disk_full(), "budget {budget}: {e}");
-                assert!(matches!(store.resolve_key("local", &key), Err(Error::NotFound { .. })));
+                assert!(matches!(
+                    store.resolve_key("local", &key),
+                    Err(Error::NotFound { .. })
+                ));
             }
         }
         let report = store.verify(&()).unwrap();
@@ -184,9 +217,14 @@ fn a_failed_sync_commits_nothing_and_recover_does_not_replay_it() {
     let a_id = store.put(&a[..], &PutOptions::key("a")).unwrap().file.id;
 
     faults.failing_syncs.store(1, Ordering::SeqCst);
-    let err = store.put(&random_bytes(21, 200_000)[..], &PutOptions::key("b")).unwrap_err();
+    let err = store
+        .put(&random_bytes(21, 200_000)[..], &PutOptions::key("b"))
+        .unwrap_err();
     assert!(err.to_string().contains("syncing"), "{err}");
-    assert!(matches!(store.resolve_key("local", "b"), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        store.resolve_key("local", "b"),
+        Err(Error::NotFound { .. })
+    ));
     // A later commit makes the failed put's bytes part of the committed length; its manifest
     // must still never come back.
     let c = random_bytes(22, 100_000);
@@ -199,7 +237,10 @@ fn a_failed_sync_commits_nothing_and_recover_does_not_replay_it() {
     assert_eq!(report.revoked, 1, "{report:?}");
     assert_eq!(report.versions, 2);
     let store = t.open();
-    assert!(matches!(store.resolve_key("local", "b"), Err(Error::NotFound { .. })));
+    assert!(matches!(
+        store.resolve_key("local", "b"),
+        Err(Error::NotFound { .. })
+    ));
     assert_eq!(store.read_all(a_id).unwrap(), a);
     assert!(store.verify(&()).unwrap().is_ok());
 }

@@ -12,11 +12,17 @@ use tessera::{ChunkParams, Config, PutOptions, Store};
 use crate::common::{TempStore, blake3_hex, random_bytes, text_bytes};
 
 fn sequential() -> Config {
-    Config { threads: 1, ..Default::default() }
+    Config {
+        threads: 1,
+        ..Default::default()
+    }
 }
 
 fn parallel() -> Config {
-    Config { threads: 4, ..Default::default() }
+    Config {
+        threads: 4,
+        ..Default::default()
+    }
 }
 
 /// Real data from this machine: the test binary itself and the crate's sources.
@@ -34,7 +40,11 @@ fn real_data() -> Vec<u8> {
 
 #[test]
 fn pipeline_results_are_byte_identical_to_the_sequential_path() {
-    let inputs = [random_bytes(1, 24 << 20), text_bytes(2, 9 << 20), real_data()];
+    let inputs = [
+        random_bytes(1, 24 << 20),
+        text_bytes(2, 9 << 20),
+        real_data(),
+    ];
     let a = TempStore::new();
     let b = TempStore::new();
     let seq = Store::create(a.path(), sequential()).unwrap();
@@ -44,14 +54,27 @@ fn pipeline_results_are_byte_identical_to_the_sequential_path() {
         let rs = seq.put(&data[..], &PutOptions::key(&key)).unwrap();
         let rp = par.put(&data[..], &PutOptions::key(&key)).unwrap();
         assert_eq!(rs.chunks, rp.chunks, "input {i}");
-        assert_eq!(rs.chunks as usize, seq.chunk_params().cut_points(data).len());
+        assert_eq!(
+            rs.chunks as usize,
+            seq.chunk_params().cut_points(data).len()
+        );
         assert_eq!(rs.new_chunks, rp.new_chunks);
-        assert_eq!((&rs.file.blake3, &rs.file.sha256), (&rp.file.blake3, &rp.file.sha256));
+        assert_eq!(
+            (&rs.file.blake3, &rs.file.sha256),
+            (&rp.file.blake3, &rp.file.sha256)
+        );
         assert_eq!(rp.file.blake3, blake3_hex(data));
-        assert_eq!(par.read_all(rp.file.id).unwrap(), *data, "input {i} read back");
+        assert_eq!(
+            par.read_all(rp.file.id).unwrap(),
+            *data,
+            "input {i} read back"
+        );
     }
     let (ss, sp) = (seq.stats().unwrap(), par.stats().unwrap());
-    assert_eq!((ss.chunks, ss.unique_bytes, ss.logical_bytes), (sp.chunks, sp.unique_bytes, sp.logical_bytes));
+    assert_eq!(
+        (ss.chunks, ss.unique_bytes, ss.logical_bytes),
+        (sp.chunks, sp.unique_bytes, sp.logical_bytes)
+    );
     assert!(par.verify(&()).unwrap().is_ok());
 }
 
@@ -120,20 +143,42 @@ impl Read for SlowReader {
 #[test]
 fn memory_in_flight_stays_under_the_cap() {
     let t = TempStore::new();
-    let params = ChunkParams { min_size: 4096, avg_size: 16384, max_size: 65536 };
+    let params = ChunkParams {
+        min_size: 4096,
+        avg_size: 16384,
+        max_size: 65536,
+    };
     let cap = 4 * 65536;
-    let config = Config { chunking: Some(params), max_in_flight: cap, threads: 2, ..Default::default() };
+    let config = Config {
+        chunking: Some(params),
+        max_in_flight: cap,
+        threads: 2,
+        ..Default::default()
+    };
     drop(Store::create(t.path(), config.clone()).unwrap());
-    let storage = Arc::new(SlowStorage(FsPackStorage::new(t.path().join("packs")).unwrap()));
+    let storage = Arc::new(SlowStorage(
+        FsPackStorage::new(t.path().join("packs")).unwrap(),
+    ));
     let store = Store::open_with_storage(t.path(), config, storage).unwrap();
 
     let data = random_bytes(5, 12 << 20); // 48 times the cap
-    let r = store.put(SlowReader { data: data.clone(), pos: 0 }, &PutOptions::key("big")).unwrap();
+    let r = store
+        .put(
+            SlowReader {
+                data: data.clone(),
+                pos: 0,
+            },
+            &PutOptions::key("big"),
+        )
+        .unwrap();
     let (now, peak) = store.in_flight();
     assert_eq!(now, 0, "every byte is returned when the put ends");
     assert!(peak <= cap, "peak {peak} over the cap {cap}");
     // The disk is the bottleneck, so the pipeline must have filled up to near the cap.
-    assert!(peak > cap / 2, "peak {peak}: the budget never came into play");
+    assert!(
+        peak > cap / 2,
+        "peak {peak}: the budget never came into play"
+    );
     assert_eq!(store.read_all(r.file.id).unwrap(), data);
 }
 
@@ -147,7 +192,11 @@ fn racing_puts_of_the_same_data_write_each_chunk_once() {
             .map(|i| {
                 let store = store.clone();
                 let data = &data;
-                s.spawn(move || store.put(&data[..], &PutOptions::key(format!("copy{i}"))).unwrap())
+                s.spawn(move || {
+                    store
+                        .put(&data[..], &PutOptions::key(format!("copy{i}")))
+                        .unwrap()
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -172,7 +221,9 @@ fn many_threads_of_small_puts_share_commits_and_stay_durable() {
             s.spawn(move || {
                 for i in 0..40u64 {
                     let data = random_bytes(th * 100 + i, 4096);
-                    let r = store.put(&data[..], &PutOptions::key(format!("t{th}/f{}", i % 10))).unwrap();
+                    let r = store
+                        .put(&data[..], &PutOptions::key(format!("t{th}/f{}", i % 10)))
+                        .unwrap();
                     assert_eq!(r.file.version as u64, i / 10 + 1);
                 }
             });
@@ -193,7 +244,11 @@ fn put_many_commits_a_batch_and_fails_items_alone() {
     let store = t.create();
     let items: Vec<(Vec<u8>, PutOptions)> = (0..1000u64)
         .map(|i| {
-            let key = if i == 500 { String::new() } else { format!("batch/{i:04}") };
+            let key = if i == 500 {
+                String::new()
+            } else {
+                format!("batch/{i:04}")
+            };
             (random_bytes(i, 4096 + i as usize), PutOptions::key(key))
         })
         .collect();
@@ -204,12 +259,20 @@ fn put_many_commits_a_batch_and_fails_items_alone() {
             assert!(matches!(r, Err(tessera::Error::InvalidInput(_))), "{r:?}");
         } else {
             let r = r.as_ref().unwrap();
-            assert_eq!(r.file.key.as_deref(), Some(format!("batch/{i:04}").as_str()));
+            assert_eq!(
+                r.file.key.as_deref(),
+                Some(format!("batch/{i:04}").as_str())
+            );
         }
     }
     drop(store);
     let store = t.open();
-    let page = store.list(&tessera::ListQuery { limit: Some(5000), ..Default::default() }).unwrap();
+    let page = store
+        .list(&tessera::ListQuery {
+            limit: Some(5000),
+            ..Default::default()
+        })
+        .unwrap();
     assert_eq!(page.files.len(), 999);
     let id = store.resolve_key("local", "batch/0777").unwrap();
     assert_eq!(store.read_all(id).unwrap(), random_bytes(777, 4096 + 777));
@@ -221,7 +284,11 @@ fn read_ahead_returns_the_same_bytes_through_odd_reads_seeks_and_early_drops() {
     let t = TempStore::new();
     let store = t.create();
     let data = text_bytes(31, 6 << 20);
-    let id = store.put(&data[..], &PutOptions::key("ahead")).unwrap().file.id;
+    let id = store
+        .put(&data[..], &PutOptions::key("ahead"))
+        .unwrap()
+        .file
+        .id;
     let mut r = store.get(id).unwrap();
     let mut out = Vec::new();
     let mut buf = vec![0u8; 7777];

@@ -11,7 +11,11 @@ use crate::common::{TempStore, random_bytes, text_bytes};
 /// Everything a user can list, minus access times (not logged in packs by design).
 fn snapshot(store: &Store) -> Vec<(Value, Value)> {
     let page = store
-        .list(&ListQuery { include_deleted: true, limit: Some(10_000), ..Default::default() })
+        .list(&ListQuery {
+            include_deleted: true,
+            limit: Some(10_000),
+            ..Default::default()
+        })
         .unwrap();
     page.files
         .iter()
@@ -29,19 +33,37 @@ fn populate(store: &Store) {
         let opts = PutOptions {
             owner: ["ann", "bob", "cy"][i as usize % 3].into(),
             key: Some(format!("docs/{}.txt", i % 5)),
-            category: Some(if i % 2 == 0 { "documents".into() } else { "images".into() }),
+            category: Some(if i % 2 == 0 {
+                "documents".into()
+            } else {
+                "images".into()
+            }),
             metadata: serde_json::json!({ "i": i }),
             public: i % 4 == 0,
             ..Default::default()
         };
         let len = 50_000 + i as usize * 10_000;
         // Odd files are incompressible, so the store spans several 1 MiB packs.
-        let data = if i % 2 == 0 { text_bytes(i, len) } else { random_bytes(i, len * 3) };
+        let data = if i % 2 == 0 {
+            text_bytes(i, len)
+        } else {
+            random_bytes(i, len * 3)
+        };
         store.put(&data[..], &opts).unwrap();
     }
     // Files without keys, a deletion, an undeletion and a restore.
-    let loose = store.put(&random_bytes(77, 400_000)[..], &PutOptions::default()).unwrap();
-    store.put(&random_bytes(78, 10)[..], &PutOptions { name: Some("a b.PNG".into()), ..Default::default() }).unwrap();
+    let loose = store
+        .put(&random_bytes(77, 400_000)[..], &PutOptions::default())
+        .unwrap();
+    store
+        .put(
+            &random_bytes(78, 10)[..],
+            &PutOptions {
+                name: Some("a b.PNG".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
     store.delete(loose.file.id).unwrap();
     let ann = store.resolve_key("ann", "docs/0.txt").unwrap();
     store.restore(ann, 1).unwrap();
@@ -53,7 +75,10 @@ fn populate(store: &Store) {
 #[test]
 fn recover_after_deleting_the_index_restores_every_listing() {
     let t = TempStore::new();
-    let config = Config { pack_target_size: 1 << 20, ..Default::default() };
+    let config = Config {
+        pack_target_size: 1 << 20,
+        ..Default::default()
+    };
     let store = Store::create(t.path(), config.clone()).unwrap();
     populate(&store);
     let before = snapshot(&store);
@@ -70,8 +95,18 @@ fn recover_after_deleting_the_index_restores_every_listing() {
     assert_eq!(snapshot(&store), before);
     let stats = store.stats().unwrap();
     assert_eq!(
-        (stats.files, stats.versions, stats.logical_bytes, stats.chunks),
-        (stats_before.files, stats_before.versions, stats_before.logical_bytes, stats_before.chunks)
+        (
+            stats.files,
+            stats.versions,
+            stats.logical_bytes,
+            stats.chunks
+        ),
+        (
+            stats_before.files,
+            stats_before.versions,
+            stats_before.logical_bytes,
+            stats_before.chunks
+        )
     );
     let report = store.verify(&()).unwrap();
     assert!(report.is_ok(), "{report:?}");

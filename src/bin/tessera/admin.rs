@@ -1,6 +1,5 @@
 //! Commands on the whole store: init, stats, verify, recover.
 
-
 use serde_json::json;
 use tessera::{ChunkParams, Config, Store, VerifyReport};
 
@@ -54,7 +53,7 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> CmdResult {
 }
 
 pub fn stats(ctx: &Ctx) -> CmdResult {
-    let store = Store::open(&ctx.store_dir, Config::default())?;
+    let store = Store::open_read_only(&ctx.store_dir, Config::default())?;
     warn_open_report(ctx, &store);
     let s = store.stats()?;
     let physical = s.pack_bytes + s.index_bytes;
@@ -146,7 +145,7 @@ fn verify_text(r: &VerifyReport) -> String {
 }
 
 pub fn verify(ctx: &Ctx) -> CmdResult {
-    let store = Store::open(&ctx.store_dir, Config::default())?;
+    let store = Store::open_read_only(&ctx.store_dir, Config::default())?;
     warn_open_report(ctx, &store);
     let report = store.verify(&BarProgress::new(&ctx.ui))?;
     let ok = report.is_ok();

@@ -418,7 +418,7 @@ fn output_path(out: Option<&Path>, display_name: &str) -> Result<PathBuf, Fail> 
 }
 
 pub fn get(ctx: &Ctx, a: GetArgs) -> CmdResult {
-    let store = Store::open(&ctx.store_dir, tessera::Config::default())?;
+    let store = Store::open_read_only(&ctx.store_dir, tessera::Config::default())?;
     admin::warn_open_report(ctx, &store);
     let id = resolve(&store, &ctx.owner, &a.target)?;
     let (mut reader, info, want) = open_version(&store, id, a.version)?;
@@ -518,7 +518,7 @@ pub fn cat(ctx: &Ctx, a: CatArgs) -> CmdResult {
             "cat writes the file's bytes to stdout and has no --json form (try `stat --json`)",
         );
     }
-    let store = Store::open(&ctx.store_dir, tessera::Config::default())?;
+    let store = Store::open_read_only(&ctx.store_dir, tessera::Config::default())?;
     admin::warn_open_report(ctx, &store);
     let id = resolve(&store, &ctx.owner, &a.target)?;
     let (mut reader, info, want) = open_version(&store, id, a.version)?;
@@ -550,7 +550,7 @@ pub fn cat(ctx: &Ctx, a: CatArgs) -> CmdResult {
 // ------------------------------------------------------------------------------------ listing
 
 pub fn ls(ctx: &Ctx, a: LsArgs) -> CmdResult {
-    let store = Store::open(&ctx.store_dir, tessera::Config::default())?;
+    let store = Store::open_read_only(&ctx.store_dir, tessera::Config::default())?;
     admin::warn_open_report(ctx, &store);
     let by_owner = ctx.owner_explicit || a.prefix.is_some();
     let mut q = ListQuery {
@@ -661,7 +661,7 @@ fn stat_text(f: &FileInfo) -> String {
 }
 
 pub fn stat(ctx: &Ctx, a: Target) -> CmdResult {
-    let store = Store::open(&ctx.store_dir, tessera::Config::default())?;
+    let store = Store::open_read_only(&ctx.store_dir, tessera::Config::default())?;
     admin::warn_open_report(ctx, &store);
     let id = resolve(&store, &ctx.owner, &a.target)?;
     let info = store.stat(id)?;
@@ -707,7 +707,7 @@ pub fn rm(ctx: &Ctx, a: Targets, undo: bool) -> CmdResult {
 }
 
 pub fn versions(ctx: &Ctx, a: Target) -> CmdResult {
-    let store = Store::open(&ctx.store_dir, tessera::Config::default())?;
+    let store = Store::open_read_only(&ctx.store_dir, tessera::Config::default())?;
     admin::warn_open_report(ctx, &store);
     let id = resolve(&store, &ctx.owner, &a.target)?;
     let info = store.stat(id)?;
