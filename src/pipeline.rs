@@ -1,9 +1,10 @@
 //! The put path: read → chunk → hash → dedup → compress → pack, in parallel.
 //!
 //! ```text
-//!  caller thread          hasher thread                 workers (N)
-//!  read + FastCDC  ──┬──▶ whole-file BLAKE3 + SHA-256
-//!  (in order)        └──▶ chunk BLAKE3 → dedup lookup → compress → Packs::append
+//!  caller thread          hasher threads                workers (N)
+//!  read + FastCDC  ──┬──▶ whole-file SHA-256
+//!  (in order)        ├──▶ whole-file BLAKE3
+//!                    └──▶ chunk BLAKE3 → dedup lookup → compress → Packs::append
 //!                                   results (seq, ChunkRef) ──▶ reassembled in order
 //! ```
 //!
@@ -379,7 +380,10 @@ fn run_parallel(
 ) -> Result<(Vec<ChunkRef>, u64)> {
     let workers = inner.config.threads.max(1);
     // Queues hold Arcs; the budget, not the queue length, bounds memory.
-    let (to_hasher, hasher_rx) = crossbeam_channel::bounded::<Arc<Piece>>(64);
+    // SHA-256 (~1 GB/s) and BLAKE3 (~3 GB/s) of the whole file each get a thread: on their own
+    // they would be the slowest stage of ingesting known or incompressible data.
+    let (to_sha, sha_rx) = crossbeam_channel::bounded::<Arc<Piece>>(64);
+    let (to_b3, b3_rx) = crossbeam_channel::bounded::<Arc<Piece>>(64);
     let (to_workers, work_rx) = crossbeam_channel::bounded::<Arc<Piece>>(64);
     let (results_tx, results_rx) = crossbeam_channel::unbounded::<(usize, ChunkRef)>();
     let failed = AtomicBool::new(false);
@@ -392,9 +396,15 @@ fn run_parallel(
     let mut size = 0u64;
     let mut count = 0usize;
     std::thread::scope(|s| {
-        s.spawn(|| {
-            for piece in hasher_rx {
-                digests.update(&piece.data);
+        let Digests { blake3, sha256 } = digests;
+        s.spawn(move || {
+            for piece in sha_rx {
+                sha256.update(&piece.data);
+            }
+        });
+        s.spawn(move || {
+            for piece in b3_rx {
+                blake3.update(&piece.data);
             }
         });
         for _ in 0..workers {
@@ -444,11 +454,15 @@ fn run_parallel(
                 _permit: permit,
             });
             count += 1;
-            if to_hasher.send(piece.clone()).is_err() || to_workers.send(piece).is_err() {
+            let sent = to_sha.send(piece.clone()).is_ok()
+                && to_b3.send(piece.clone()).is_ok()
+                && to_workers.send(piece).is_ok();
+            if !sent {
                 break;
             }
         }
-        drop(to_hasher);
+        drop(to_sha);
+        drop(to_b3);
         drop(to_workers);
     });
 

@@ -93,6 +93,10 @@ pub enum RecordError {
     UnknownKind(u8),
     #[error("unknown codec {0}")]
     UnknownCodec(u8),
+    /// Flag bits this build does not know (a future format feature, such as encryption):
+    /// refusing is safer than misreading.
+    #[error("unsupported record flags {0:#06x}")]
+    UnsupportedFlags(u16),
     #[error("declared length {0} exceeds the limit")]
     TooLarge(u32),
     #[error("payload checksum mismatch")]
@@ -166,6 +170,10 @@ pub fn decode_header(buf: &[u8]) -> Result<RecordHeader, RecordError> {
     }
     let kind = RecordKind::from_u8(buf[4]).ok_or(RecordError::UnknownKind(buf[4]))?;
     let codec = Codec::from_u8(buf[5]).ok_or(RecordError::UnknownCodec(buf[5]))?;
+    let flags = u16::from_le_bytes(buf[6..8].try_into().unwrap());
+    if flags != 0 {
+        return Err(RecordError::UnsupportedFlags(flags));
+    }
     let stored_len = u32::from_le_bytes(buf[8..12].try_into().unwrap());
     let raw_len = u32::from_le_bytes(buf[12..16].try_into().unwrap());
     for len in [stored_len, raw_len] {
@@ -404,6 +412,15 @@ mod tests {
             })
             .collect();
         assert_eq!(kinds, ["ok", "damage", "ok", "tail"]);
+    }
+
+    #[test]
+    fn unknown_flags_are_refused() {
+        let mut buf = encode(RecordKind::Chunk, b"flagged", 0);
+        buf[6] = 1; // the reserved flags field (fuzzing found it was silently accepted)
+        let crc = crc32c::crc32c(&buf[..48]);
+        buf[48..52].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode_header(&buf), Err(RecordError::UnsupportedFlags(1)));
     }
 
     #[test]
