@@ -214,7 +214,15 @@ impl<'s> ChunkWriter<'s> {
                 }
             }
             self.claims.mine.lock().unwrap().push(id);
-            let written = self.write(seq, &id, data, record);
+            // Every path below sets the slot: other puts may be waiting on it.
+            // Our snapshot may predate the commit of a put that wrote this chunk and has since
+            // released its claim (claims end after the commit). A fresh look at the index,
+            // taken after we saw no claim, sees any such commit.
+            let written = match self.inner.index.read().and_then(|r| r.chunk(&id)) {
+                Ok(Some(indexed)) => Ok(indexed),
+                Ok(None) => self.write(seq, &id, data, record),
+                Err(e) => Err(e),
+            };
             match written {
                 Ok(row) => {
                     let _ = slot.set(Some(row));

@@ -124,14 +124,7 @@ impl Identity {
         let path = dir.join(IDENTITY_FILE);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Error::NotAStore {
-                    path: dir.to_path_buf(),
-                    reason: format!(
-                        "{IDENTITY_FILE} is missing (run `tessera init` to create a store)"
-                    ),
-                });
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(no_store(dir)),
             Err(e) => return Err(e).ctx(|| format!("reading {}", path.display())),
         };
         let id: Identity = serde_json::from_slice(&bytes).map_err(|e| Error::NotAStore {
@@ -411,6 +404,13 @@ impl Inner {
     }
 }
 
+fn no_store(dir: &Path) -> Error {
+    Error::NotAStore {
+        path: dir.to_path_buf(),
+        reason: format!("{IDENTITY_FILE} is missing (run `tessera init` to create a store)"),
+    }
+}
+
 fn missing_index(dir: &Path) -> Error {
     Error::NotAStore {
         path: dir.to_path_buf(),
@@ -520,12 +520,7 @@ impl Store {
     pub fn open(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
         let dir = dir.as_ref();
         if !dir.join(IDENTITY_FILE).exists() {
-            return Err(Error::NotAStore {
-                path: dir.to_path_buf(),
-                reason: format!(
-                    "{IDENTITY_FILE} is missing (run `tessera init` to create a store)"
-                ),
-            });
+            return Err(no_store(dir));
         }
         let lock = lock_store(dir)?;
         Self::open_locked(dir, config, lock, None)
@@ -541,12 +536,7 @@ impl Store {
     pub fn open_read_only(dir: impl AsRef<Path>, config: Config) -> Result<Store> {
         let dir = dir.as_ref();
         if !dir.join(IDENTITY_FILE).exists() {
-            return Err(Error::NotAStore {
-                path: dir.to_path_buf(),
-                reason: format!(
-                    "{IDENTITY_FILE} is missing (run `tessera init` to create a store)"
-                ),
-            });
+            return Err(no_store(dir));
         }
         let lock = lock_store_shared(dir)?;
         match Index::open_read_only(&index_path(dir)) {

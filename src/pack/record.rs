@@ -143,7 +143,9 @@ pub fn encode_plain(kind: RecordKind, plain: &[u8], key: &[u8; 32], level: i32, 
     let raw_len = plain.len() as u32;
     if level > 0 {
         let done = ZSTD.with_borrow_mut(|z| {
-            let shrank = z.compress(plain, level).is_some_and(|c| c.len() < plain.len());
+            let shrank = z
+                .compress(plain, level)
+                .is_some_and(|c| c.len() < plain.len());
             if shrank {
                 encode_record(kind, Codec::Zstd, raw_len, key, &z.scratch, out);
             }
@@ -180,14 +182,16 @@ impl ZstdContexts {
             }
         };
         self.scratch.clear();
-        self.scratch.reserve(zstd::zstd_safe::compress_bound(plain.len()));
+        self.scratch
+            .reserve(zstd::zstd_safe::compress_bound(plain.len()));
         c.compress_to_buffer(plain, &mut self.scratch).ok()?;
         Some(&self.scratch)
     }
 
     fn decompressor(&mut self) -> Result<&mut zstd::bulk::Decompressor<'static>, RecordError> {
         if self.decompressor.is_none() {
-            let d = zstd::bulk::Decompressor::new().map_err(|e| RecordError::Decompress(e.to_string()))?;
+            let d = zstd::bulk::Decompressor::new()
+                .map_err(|e| RecordError::Decompress(e.to_string()))?;
             self.decompressor = Some(d);
         }
         Ok(self.decompressor.as_mut().unwrap())

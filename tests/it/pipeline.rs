@@ -186,27 +186,34 @@ fn memory_in_flight_stays_under_the_cap() {
 fn racing_puts_of_the_same_data_write_each_chunk_once() {
     let t = TempStore::new();
     let store = t.create();
-    let data = random_bytes(9, 16 << 20);
-    let reports: Vec<tessera::PutReport> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..4)
-            .map(|i| {
-                let store = store.clone();
-                let data = &data;
-                s.spawn(move || {
-                    store
-                        .put(&data[..], &PutOptions::key(format!("copy{i}")))
-                        .unwrap()
+    let mut written = 0;
+    // Rounds with staggered starts: some puts commit (and release their claims) while others
+    // still deduplicate against index snapshots taken before that commit.
+    for round in 0..3u64 {
+        let data = random_bytes(9 + round, 16 << 20);
+        let reports: Vec<tessera::PutReport> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4u64)
+                .map(|i| {
+                    let store = store.clone();
+                    let data = &data;
+                    s.spawn(move || {
+                        std::thread::sleep(Duration::from_millis(i * i * 20 * round));
+                        let key = format!("copy{round}/{i}");
+                        store.put(&data[..], &PutOptions::key(key)).unwrap()
+                    })
                 })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let written: u64 = reports.iter().map(|r| r.new_chunks).sum();
-    let stats = store.stats().unwrap();
-    assert_eq!(written, stats.chunks, "a chunk was written twice");
-    assert_eq!(stats.unique_bytes, data.len() as u64);
-    for r in &reports {
-        assert_eq!(store.read_all(r.file.id).unwrap(), data);
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        written += reports.iter().map(|r| r.new_chunks).sum::<u64>();
+        assert_eq!(
+            written,
+            store.stats().unwrap().chunks,
+            "round {round}: a chunk was written twice"
+        );
+        for r in &reports {
+            assert_eq!(store.read_all(r.file.id).unwrap(), data);
+        }
     }
     assert!(store.verify(&()).unwrap().is_ok());
 }
