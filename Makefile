@@ -1,0 +1,86 @@
+# Task runner. `make test` is exactly what CI runs (.ci/run calls it).
+#
+# Every recipe line runs under `bash -euo pipefail`, and no line is prefixed with `-`: the first
+# failing command stops make with a non-zero status.
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := test
+
+CARGO ?= cargo
+# Seconds each fuzz target runs in `fuzz-smoke`.
+FUZZ_SECONDS ?= 20
+FUZZ_TARGETS := pack_record chunker manifest
+CARGO_FUZZ_VERSION ?= 0.13.2
+# cargo-fuzz needs nightly-only rustc flags (sanitizers, coverage passes); the toolchain here is
+# stable, which accepts them under RUSTC_BOOTSTRAP. Set only for the fuzz commands, so the main
+# crate's builds keep their fingerprints. `-a`: debug assertions on, overflow checks included.
+FUZZ := cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
+FUZZ_BUILD_FLAGS := -a
+
+.PHONY: test fmt fmt-check clippy build-minimal unit fuzz-install fuzz-build fuzz-smoke \
+	fuzz-regressions fuzz-seeds bench
+
+test: fmt-check clippy build-minimal unit fuzz-regressions fuzz-smoke
+	@echo "make test: all checks passed"
+
+fmt:
+	$(CARGO) fmt --all
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# The engine alone, without the CLI's dependencies.
+build-minimal:
+	$(CARGO) build --no-default-features
+
+# `--all-targets` runs lib, bin, integration tests and the benches once each in test mode, but
+# not doctests: those need their own run.
+unit:
+	$(CARGO) test --all-targets
+	$(CARGO) test --doc
+
+fuzz-install:
+	if ! $(CARGO) fuzz --version >/dev/null 2>&1; then \
+	  echo "installing cargo-fuzz $(CARGO_FUZZ_VERSION)"; \
+	  $(CARGO) install cargo-fuzz --locked --version $(CARGO_FUZZ_VERSION); \
+	fi
+	$(CARGO) fuzz --version
+
+fuzz-build: fuzz-install
+	$(FUZZ) build $(FUZZ_BUILD_FLAGS)
+
+# Each target for FUZZ_SECONDS, starting from the committed seeds (fuzz/seeds/<target>) and
+# whatever corpus earlier runs left (fuzz/corpus/<target>, not committed). A crash or failed
+# assertion stops here; the input is saved under fuzz/artifacts/<target>/.
+fuzz-smoke: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$t for $(FUZZ_SECONDS)s"; \
+	  mkdir -p fuzz/corpus/$$t; \
+	  ( $(FUZZ) run $(FUZZ_BUILD_FLAGS) $$t corpus/$$t seeds/$$t -- \
+	      -max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 ) \
+	    || { echo "fuzz target $$t FAILED (input saved in fuzz/artifacts/$$t/)" >&2; exit 1; }; \
+	done
+
+# Runs each saved input of fuzz/regressions/<target>/ once, without fuzzing: inputs that once
+# broke a contract (see fuzz/README.md).
+fuzz-regressions: fuzz-build
+	@for t in $(FUZZ_TARGETS); do \
+	  if [[ -d fuzz/regressions/$$t ]]; then \
+	    echo "== fuzz regressions: $$t"; \
+	    ( $(FUZZ) run $(FUZZ_BUILD_FLAGS) $$t regressions/$$t -- -runs=0 ) \
+	      || { echo "fuzz regression input for $$t FAILED" >&2; exit 1; }; \
+	  fi; \
+	done
+
+# Regenerates fuzz/seeds/ after a format change (commit the result; it is a few KB).
+fuzz-seeds:
+	cd fuzz && rm -rf seeds && $(CARGO) run --example seeds -- seeds
+
+bench:
+	$(CARGO) bench --bench core
