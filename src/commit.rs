@@ -95,6 +95,13 @@ impl Committer {
             // are either done (a previous leader took them) or still queued for us.
             let _leader = self.leader.lock().unwrap();
             loop {
+                // Done already (an earlier leader took our jobs): hand the lock on at once. A
+                // caller whose jobs are still queued will take everything queued by then, so
+                // commits stay large instead of a convoy of finished callers each committing
+                // the one or two jobs that arrived meanwhile.
+                if receivers.iter().all(|r| !r.is_empty()) {
+                    break;
+                }
                 let batch: Vec<Job> = {
                     let mut q = self.queue.lock().unwrap();
                     let n = q.len().min(MAX_GROUP);
@@ -104,9 +111,6 @@ impl Committer {
                     break;
                 }
                 commit_group(inner, batch);
-                if receivers.iter().all(|r| !r.is_empty()) {
-                    break;
-                }
             }
         }
         receivers
