@@ -324,10 +324,7 @@ fn append(inner: &Inner, kind: RecordKind, plain: &[u8], level: i32) -> Result<L
 fn finish(inner: &Inner, mut w: WriteTx) -> Result<()> {
     let states = inner.packs.sync()?;
     w.set_packs(&states)?;
-    let touched: Vec<(FileId, i64)> = inner.touched.lock().unwrap().drain().collect();
-    for (id, at) in touched {
-        w.touch(id, at)?;
-    }
+    inner.write_access_times(&mut w)?;
     w.commit()?;
     inner.packs.committed(&states);
     Ok(())

@@ -211,32 +211,6 @@ pub struct FileInfo {
 }
 
 impl FileInfo {
-    /// Filled in by the commit; only ever seen inside `put`.
-    fn placeholder() -> Self {
-        FileInfo {
-            id: FileId(0),
-            version: 0,
-            owner: String::new(),
-            key: None,
-            display_name: String::new(),
-            original_name: None,
-            category: String::new(),
-            mime: String::new(),
-            size: 0,
-            blake3: String::new(),
-            sha256: String::new(),
-            created_ms: 0,
-            updated_ms: 0,
-            accessed_ms: 0,
-            public: false,
-            processed: false,
-            quarantined: false,
-            deleted: false,
-            deleted_ms: None,
-            metadata: serde_json::Value::Null,
-        }
-    }
-
     pub(crate) fn new(f: &FileRecord, v: &VersionMeta) -> Self {
         FileInfo {
             id: f.id,
@@ -396,6 +370,15 @@ fn check_level(level: i32) -> Result<()> {
 }
 
 impl Inner {
+    /// Moves the access times noted by reads into the open write transaction.
+    pub(crate) fn write_access_times(&self, w: &mut crate::index::WriteTx) -> Result<()> {
+        let touched: Vec<(FileId, i64)> = self.touched.lock().unwrap().drain().collect();
+        for (id, at) in touched {
+            w.touch(id, at)?;
+        }
+        Ok(())
+    }
+
     /// The zstd level for new chunks (resolved at open).
     pub(crate) fn compression_level(&self) -> i32 {
         self.config
@@ -727,11 +710,12 @@ impl Store {
     /// version is durable.
     pub fn put(&self, source: impl Read, opts: &PutOptions) -> Result<PutReport> {
         let prepared = self.prepare_put(opts)?;
-        let ingested = pipeline::ingest(&self.inner, source)?;
-        let (change, report) = prepared.change(&ingested);
+        let mut ingested = pipeline::ingest(&self.inner, source)?;
+        let (change, counts) = prepared.change(&mut ingested);
         let file = self.inner.committer.commit(&self.inner, change)?;
+        // Only now may the put's chunk claims end (see `pipeline::Claims`).
         drop(ingested);
-        Ok(PutReport { file, ..report })
+        Ok(counts.report(file))
     }
 
     /// Stores many inputs and commits them together: one fsync pair for the whole batch
@@ -751,17 +735,17 @@ impl Store {
                 .prepare_put(&opts)
                 .and_then(|p| pipeline::ingest(&self.inner, source).map(|i| (p, i)));
             match ingested {
-                Ok((prepared, ingested)) => {
-                    let (change, report) = prepared.change(&ingested);
+                Ok((prepared, mut ingested)) => {
+                    let (change, counts) = prepared.change(&mut ingested);
                     changes.push(change);
-                    pending.push((slot, report, ingested));
+                    pending.push((slot, counts, ingested));
                 }
                 Err(e) => results[slot] = Some(Err(e)),
             }
         }
         let committed = self.inner.committer.commit_all(&self.inner, changes);
-        for ((slot, report, ingested), outcome) in pending.into_iter().zip(committed) {
-            results[slot] = Some(outcome.map(|file| PutReport { file, ..report }));
+        for ((slot, counts, ingested), outcome) in pending.into_iter().zip(committed) {
+            results[slot] = Some(outcome.map(|file| counts.report(file)));
             drop(ingested);
         }
         results
@@ -1024,14 +1008,11 @@ impl Store {
 
     /// Writes pending access times to the index. Also done with every commit and on drop.
     pub fn flush(&self) -> Result<()> {
-        let touched: Vec<(FileId, i64)> = self.inner.touched.lock().unwrap().drain().collect();
-        if touched.is_empty() {
+        if self.inner.touched.lock().unwrap().is_empty() {
             return Ok(());
         }
         let mut w = self.inner.index.write()?;
-        for (id, at) in touched {
-            w.touch(id, at)?;
-        }
+        self.inner.write_access_times(&mut w)?;
         w.commit()
     }
 
@@ -1064,15 +1045,12 @@ impl Store {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let touched: Vec<(FileId, i64)> = self.touched.get_mut().unwrap().drain().collect();
-        if touched.is_empty() {
+        if self.touched.get_mut().unwrap().is_empty() {
             return;
         }
         let flush = || -> Result<()> {
             let mut w = self.index.write()?;
-            for (id, at) in touched {
-                w.touch(id, at)?;
-            }
+            self.write_access_times(&mut w)?;
             w.commit_lazy()
         };
         if let Err(e) = flush() {
@@ -1087,14 +1065,14 @@ struct PreparedPut {
 }
 
 impl PreparedPut {
-    /// The change that commits the ingested content, and the report minus the file.
-    fn change(self, ingested: &pipeline::Ingested<'_>) -> (Change, PutReport) {
+    /// The change that commits the ingested content (taking its chunk list and rows; the
+    /// claims stay with `ingested`), and the put's counts.
+    fn change(self, ingested: &mut pipeline::Ingested<'_>) -> (Change, PutCounts) {
         let mut meta = self.meta;
         meta.size = ingested.size;
-        meta.blake3 = ingested.blake3.clone();
-        meta.sha256 = ingested.sha256.clone();
-        let report = PutReport {
-            file: FileInfo::placeholder(),
+        meta.blake3 = std::mem::take(&mut ingested.blake3);
+        meta.sha256 = std::mem::take(&mut ingested.sha256);
+        let counts = PutCounts {
             chunks: ingested.chunks.len() as u64,
             new_chunks: ingested.new_chunks,
             new_stored_bytes: ingested.new_stored_bytes,
@@ -1102,10 +1080,28 @@ impl PreparedPut {
         let change = Change::Version {
             target: Target::ByKey,
             meta,
-            chunks: ingested.chunks.clone(),
-            rows: ingested.rows.clone(),
+            chunks: std::mem::take(&mut ingested.chunks),
+            rows: std::mem::take(&mut ingested.rows),
         };
-        (change, report)
+        (change, counts)
+    }
+}
+
+/// What a put did, apart from the file the commit returns.
+struct PutCounts {
+    chunks: u64,
+    new_chunks: u64,
+    new_stored_bytes: u64,
+}
+
+impl PutCounts {
+    fn report(self, file: FileInfo) -> PutReport {
+        PutReport {
+            file,
+            chunks: self.chunks,
+            new_chunks: self.new_chunks,
+            new_stored_bytes: self.new_stored_bytes,
+        }
     }
 }
 
