@@ -423,19 +423,37 @@ fn take_lock(dir: &Path, shared: bool) -> Result<File> {
         .write(true)
         .open(&path)
         .ctx(|| format!("opening lock file {}", path.display()))?;
-    let taken = if shared {
-        file.try_lock_shared()
-    } else {
-        file.try_lock()
-    };
-    match taken {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(Error::Locked {
-            path: dir.to_path_buf(),
-        }),
-        Err(fs::TryLockError::Error(e)) => Err(e).ctx(|| format!("locking {}", path.display())),
+    // A store closed a moment ago can still look locked: flock locks belong to the open file
+    // description, which a child process forked meanwhile by any thread of the owner shares
+    // until its exec closes it. So a busy lock is retried briefly before it counts as held.
+    let mut waited = std::time::Duration::ZERO;
+    loop {
+        let taken = if shared {
+            file.try_lock_shared()
+        } else {
+            file.try_lock()
+        };
+        match taken {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) if waited < LOCK_GRACE => {
+                std::thread::sleep(LOCK_POLL);
+                waited += LOCK_POLL;
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    path: dir.to_path_buf(),
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).ctx(|| format!("locking {}", path.display()));
+            }
+        }
     }
 }
+
+/// How long a busy store lock is retried before `Error::Locked`.
+const LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 pub(crate) fn index_path(dir: &Path) -> PathBuf {
     dir.join(INDEX_FILE)
