@@ -38,9 +38,13 @@ pub fn check_key(key: &str) -> Result<()> {
     Ok(())
 }
 
+/// Longest extension kept, in bytes; a longer one is cut.
+pub const MAX_EXT_BYTES: usize = 32;
+
 /// Turns whatever a client called a file into a safe display name: the last path component,
 /// without control or bidi characters, without `..`, at most [`MAX_NAME_BYTES`], extension in
-/// lower case. Never empty.
+/// lower case and at most [`MAX_EXT_BYTES`]. Never empty, and a fixed point: sanitising a
+/// sanitised name changes nothing.
 pub fn sanitize_display_name(original: &str) -> String {
     let last = original
         .rsplit(['/', '\\'])
@@ -57,19 +61,21 @@ pub fn sanitize_display_name(original: &str) -> String {
         }
         name.push(c);
     }
-    let name = name
-        .trim()
-        .trim_start_matches('.')
-        .trim_end_matches(['.', ' ']);
-    let mut name = if name.is_empty() {
-        "file".to_string()
-    } else {
-        name.to_string()
-    };
+    let name = name.trim_matches(is_edge_junk);
+    if name.is_empty() {
+        return "file".to_string();
+    }
 
     let (stem, ext) = match name.rfind('.') {
-        Some(i) if i > 0 => (name[..i].to_string(), name[i + 1..].to_lowercase()),
-        _ => (name.clone(), String::new()),
+        // Lower-casing can lengthen a character, so the cut comes after it.
+        Some(i) => (&name[..i], name[i + 1..].to_lowercase()),
+        None => (name, String::new()),
+    };
+    let ext = cut_at_char_boundary(&ext, MAX_EXT_BYTES).trim_end_matches(is_edge_junk);
+    let ext_part = if ext.is_empty() {
+        String::new()
+    } else {
+        format!(".{ext}")
     };
     let reserved = [
         "con", "prn", "aux", "nul", "com1", "com2", "com3", "com4", "lpt1", "lpt2", "lpt3",
@@ -77,32 +83,30 @@ pub fn sanitize_display_name(original: &str) -> String {
     let stem = if reserved.contains(&stem.to_lowercase().as_str()) {
         format!("_{stem}")
     } else {
-        stem
+        stem.to_string()
     };
-    let ext_part = if ext.is_empty() {
-        String::new()
-    } else {
-        format!(".{ext}")
-    };
-    let budget = MAX_NAME_BYTES.saturating_sub(ext_part.len()).max(1);
-    let mut stem_cut = stem.as_str();
-    while stem_cut.len() > budget {
-        let mut end = budget.min(stem_cut.len());
-        while !stem_cut.is_char_boundary(end) {
-            end -= 1;
-        }
-        stem_cut = &stem_cut[..end];
+    // The stem starts with a visible character (the edges were trimmed and the extension is
+    // short), so the cut keeps at least that one; trimming the cut's end keeps "x." + ".ext"
+    // from forming "..".
+    let stem =
+        cut_at_char_boundary(&stem, MAX_NAME_BYTES - ext_part.len()).trim_end_matches(is_edge_junk);
+    format!("{stem}{ext_part}")
+}
+
+/// Dots and white space are trimmed from the ends of names and their parts.
+fn is_edge_junk(c: char) -> bool {
+    c == '.' || c.is_whitespace()
+}
+
+fn cut_at_char_boundary(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
     }
-    name = format!("{stem_cut}{ext_part}");
-    if name.len() > MAX_NAME_BYTES {
-        // Only an absurd extension gets here.
-        let mut end = MAX_NAME_BYTES;
-        while !name.is_char_boundary(end) {
-            end -= 1;
-        }
-        name.truncate(end);
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
     }
-    name
+    &s[..end]
 }
 
 #[cfg(test)]
@@ -127,9 +131,21 @@ mod tests {
         let long = format!("{}.JPEG", "é".repeat(300));
         let s = sanitize_display_name(&long);
         assert!(s.len() <= MAX_NAME_BYTES && s.ends_with(".jpeg"), "{s}");
+        // The cut of a long stem lands just after a dot: no ".." may form with the extension.
+        let cut_at_dot = format!("{}.{}.TXT", "x".repeat(250), "y".repeat(10));
+        assert_eq!(
+            sanitize_display_name(&cut_at_dot),
+            format!("{}.txt", "x".repeat(250))
+        );
+        // Extensions are cut too, after lower-casing (which can lengthen a character).
+        let long_ext = format!("a.{}", "\u{23a}".repeat(40));
+        let s = sanitize_display_name(&long_ext);
+        assert_eq!(s, format!("a.{}", "\u{2c65}".repeat(MAX_EXT_BYTES / 3)));
+        assert_eq!(sanitize_display_name(" . a \u{2003}. "), "a");
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
         #[test]
         fn sanitised_names_are_always_safe(name in ".{0,400}") {
             let s = sanitize_display_name(&name);
