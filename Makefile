@@ -18,7 +18,7 @@ CARGO_FUZZ_VERSION ?= 0.13.2
 FUZZ := cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
 FUZZ_BUILD_FLAGS := -a
 
-.PHONY: test fmt fmt-check clippy build-minimal unit fuzz-install fuzz-build fuzz-smoke \
+.PHONY: test fmt fmt-check clippy build-minimal unit tus-deps fuzz-install fuzz-build fuzz-smoke \
 	fuzz-regressions fuzz-seeds bench
 
 test: fmt-check clippy build-minimal unit fuzz-regressions fuzz-smoke
@@ -40,10 +40,21 @@ build-minimal:
 	$(CARGO) build --no-default-features
 
 # `--all-targets` runs lib, bin, integration tests and the benches once each in test mode, but
-# not doctests: those need their own run.
-unit:
+# not doctests: those need their own run. The tus test runs the reference client under Node.
+unit: tus-deps
 	$(CARGO) test --all-targets
 	$(CARGO) test --doc
+
+# The Node harness of the tus test (tests/tus: tus-js-client, pinned by package-lock.json),
+# installed when node_modules is missing or older than the lock file.
+TUS_DEPS := tests/tus/node_modules/.package-lock.json
+tus-deps: $(TUS_DEPS)
+
+$(TUS_DEPS): tests/tus/package.json tests/tus/package-lock.json
+	command -v node >/dev/null || { echo "node is missing: install Node.js (and npm) for the tus test" >&2; exit 1; }
+	command -v npm >/dev/null || { echo "npm is missing: install npm for the tus test" >&2; exit 1; }
+	npm ci --prefix tests/tus --no-audit --no-fund
+	touch $@
 
 fuzz-install:
 	if ! $(CARGO) fuzz --version >/dev/null 2>&1; then \

@@ -66,6 +66,36 @@ pub enum Error {
     /// The redb index failed.
     #[error("index error while {context}: {detail}")]
     Index { context: String, detail: String },
+
+    /// The input is larger than a configured limit (a category's maximum size, the largest
+    /// upload). Decided from a declared size before any byte is read when one is given, else
+    /// while streaming; nothing is committed either way.
+    #[error("too large: {what} (limit {limit} bytes)")]
+    TooLarge { limit: u64, what: String },
+
+    /// Validation refused the content: a type the category does not allow, or magic bytes that
+    /// disagree with the extension or the declared type. `code` is a stable machine-readable
+    /// reason (`type_not_allowed`, `type_mismatch`, ...).
+    #[error("rejected ({code}): {detail}")]
+    Rejected { code: &'static str, detail: String },
+
+    /// The request does not fit the current state, e.g. a resumable upload's offset differs
+    /// from the offset the caller sent. Nothing changed.
+    #[error("conflict: {0}")]
+    Conflict(String),
+
+    /// Data arrived with a checksum that does not match it; the data was discarded.
+    #[error("checksum mismatch: {0}")]
+    ChecksumMismatch(String),
+
+    /// Someone else is working on the same object right now (a second writer to one upload
+    /// session); retry later.
+    #[error("busy: {0}")]
+    Busy(String),
+
+    /// The object existed but has expired (an upload session past its expiry).
+    #[error("expired: {what}")]
+    Expired { what: String },
 }
 
 impl Error {
@@ -114,6 +144,18 @@ impl Error {
                 context: context.clone(),
                 detail: detail.clone(),
             },
+            Error::TooLarge { limit, what } => Error::TooLarge {
+                limit: *limit,
+                what: what.clone(),
+            },
+            Error::Rejected { code, detail } => Error::Rejected {
+                code,
+                detail: detail.clone(),
+            },
+            Error::Conflict(m) => Error::Conflict(m.clone()),
+            Error::ChecksumMismatch(m) => Error::ChecksumMismatch(m.clone()),
+            Error::Busy(m) => Error::Busy(m.clone()),
+            Error::Expired { what } => Error::Expired { what: what.clone() },
         }
     }
 
@@ -145,5 +187,18 @@ impl<T> IoContext<T> for io::Result<T> {
             context: context(),
             source,
         })
+    }
+}
+
+/// An error reading a put's input. Readers on the put path carry the engine's own errors
+/// inside `io::Error` (the validation guard's [`Error::TooLarge`]); those come back out
+/// unchanged, so the put fails with what refused it rather than a generic [`Error::Io`].
+pub(crate) fn input_error(e: io::Error) -> Error {
+    match e.downcast::<Error>() {
+        Ok(inner) => inner,
+        Err(source) => Error::Io {
+            context: "reading the input".into(),
+            source,
+        },
     }
 }

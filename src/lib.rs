@@ -33,7 +33,10 @@
 pub mod chunking;
 pub mod clock;
 mod commit;
+pub mod config;
 pub mod error;
+#[cfg(feature = "server")]
+pub mod http;
 pub mod id;
 pub mod index;
 pub mod maintenance;
@@ -41,6 +44,8 @@ pub mod pack;
 mod pipeline;
 mod reader;
 pub mod store;
+pub mod upload;
+pub mod users;
 pub mod validate;
 
 pub use chunking::ChunkParams;
@@ -54,3 +59,4 @@ pub use store::{
     Config, FileInfo, FileReader, ListPage, ListQuery, PutOptions, PutReport, Store, StoreStats,
     VersionInfo,
 };
+pub use upload::{Checksum, ChecksumAlgo, SweepReport, UploadMeta, UploadSession};

@@ -26,7 +26,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 
 use sha2::Digest;
 
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, Result, input_error};
 use crate::id::{ChunkId, hex};
 use crate::index::ChunkRow;
 use crate::pack::manifest::ChunkRef;
@@ -314,15 +314,9 @@ pub(crate) fn ingest<'s>(inner: &'s Inner, source: impl Read) -> Result<Ingested
     };
     let params = inner.identity.chunking;
     let mut chunker = params.chunker(source);
-    let first = chunker
-        .next()
-        .transpose()
-        .ctx(|| "reading the input".into())?;
+    let first = chunker.next().transpose().map_err(input_error)?;
     let second = match &first {
-        Some(_) => chunker
-            .next()
-            .transpose()
-            .ctx(|| "reading the input".into())?,
+        Some(_) => chunker.next().transpose().map_err(input_error)?,
         None => None,
     };
     let second_exists = second.is_some();
@@ -371,7 +365,7 @@ fn run_inline(
     let mut out = Vec::new();
     let mut size = 0;
     for (seq, chunk) in chunks.enumerate() {
-        let chunk = chunk.ctx(|| "reading the input".into())?;
+        let chunk = chunk.map_err(input_error)?;
         digests.update(&chunk.data);
         size += chunk.data.len() as u64;
         out.push(writer.add(&snapshot, seq, &chunk.data, &mut record)?);
@@ -447,7 +441,7 @@ fn run_parallel(
             if failed.load(Ordering::Acquire) {
                 break;
             }
-            let chunk = match chunk.ctx(|| "reading the input".into()) {
+            let chunk = match chunk.map_err(input_error) {
                 Ok(c) => c,
                 Err(e) => {
                     fail(e);

@@ -7,6 +7,7 @@
 //! lock          held (flock) by the one process that has the store open
 //! index.redb    the index (module `index`)
 //! packs/        NNNNNNNN.pack, append-only (module `pack`)
+//! uploads/      <ULID>.part, staged bytes of resumable uploads (module `upload`)
 //! ```
 //!
 //! The commit protocol (docs/design.md has the full argument): a put appends its new chunks,
@@ -36,7 +37,7 @@ use crate::pack::storage::{FsPackStorage, PackStorage, sync_dir};
 use crate::pack::{Location, OpenReport, Packs};
 use crate::pipeline::{self, InFlight};
 pub use crate::reader::FileReader;
-use crate::validate;
+use crate::validate::{self, Guarded, Policy};
 
 /// Format of `store.json`.
 pub const STORE_FORMAT: u32 = 1;
@@ -66,6 +67,13 @@ pub struct Config {
     pub threads: usize,
     /// Cap on chunk bytes held in put pipelines at once, across all puts (default 64 MiB).
     pub max_in_flight: u64,
+    /// Largest resumable upload, declared or streamed (default 5 GiB).
+    pub max_upload: u64,
+    /// How long an upload session lives after its creation or its last append (default 24 h).
+    pub upload_ttl: std::time::Duration,
+    /// What each category accepts; every put is checked against it (default: the SPEC's
+    /// categories plus `other`, see [`Policy::default`]).
+    pub policy: Arc<Policy>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -77,6 +85,9 @@ impl Default for Config {
             pack_target_size: 64 << 20,
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_in_flight: 64 << 20,
+            max_upload: 5 << 30,
+            upload_ttl: std::time::Duration::from_secs(24 * 60 * 60),
+            policy: Arc::new(Policy::default()),
             clock: Arc::new(SystemClock),
         }
     }
@@ -90,6 +101,8 @@ impl std::fmt::Debug for Config {
             .field("pack_target_size", &self.pack_target_size)
             .field("threads", &self.threads)
             .field("max_in_flight", &self.max_in_flight)
+            .field("max_upload", &self.max_upload)
+            .field("upload_ttl", &self.upload_ttl)
             .finish_non_exhaustive()
     }
 }
@@ -153,12 +166,17 @@ pub struct PutOptions {
     pub key: Option<String>,
     /// The name the client gave; sanitised into the display name, kept as `original_name`.
     pub name: Option<String>,
+    /// The category; inferred from the name's extension when absent (see [`Policy::admit`]).
     pub category: Option<String>,
-    /// MIME type; guessed from the name when absent.
+    /// The MIME type the client declared. The content's magic bytes must agree with it; the
+    /// stored type is the validated one (see `validate::policy`).
     pub mime: Option<String>,
     pub public: bool,
     /// Free-form JSON metadata.
     pub metadata: serde_json::Value,
+    /// The size the client announced: over the category's limit, the put is refused before
+    /// any byte is read. The limit is enforced while streaming either way.
+    pub declared_size: Option<u64>,
 }
 
 impl Default for PutOptions {
@@ -171,6 +189,7 @@ impl Default for PutOptions {
             mime: None,
             public: false,
             metadata: serde_json::Value::Null,
+            declared_size: None,
         }
     }
 }
@@ -340,6 +359,8 @@ pub(crate) struct Inner {
     /// Bytes of chunk data in put pipelines, capped.
     pub in_flight: Arc<InFlight>,
     pub committer: Committer,
+    /// Upload sessions being written to right now (one writer per session).
+    pub upload_writers: crate::upload::Writers,
     /// Opened with `open_read_only`.
     pub read_only: bool,
     _lock: File,
@@ -349,7 +370,7 @@ pub(crate) struct Inner {
 /// and get at once.
 #[derive(Clone)]
 pub struct Store {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Store {
@@ -683,6 +704,7 @@ impl Store {
                 touched: Mutex::new(HashMap::new()),
                 in_flight,
                 committer: Committer::new(),
+                upload_writers: Default::default(),
                 read_only,
                 _lock: lock,
             }),
@@ -726,8 +748,12 @@ impl Store {
     /// `opts.key`. Streams through the parallel pipeline: memory in flight stays under
     /// `Config::max_in_flight` whatever the size of the input. When this returns `Ok`, the
     /// version is durable.
+    ///
+    /// The put is checked against `Config::policy` first: category, extension, declared type
+    /// and size before any byte is read, then the content's magic bytes, and the size limit
+    /// while streaming. A refused put ([`Error::Rejected`], [`Error::TooLarge`]) commits nothing.
     pub fn put(&self, source: impl Read, opts: &PutOptions) -> Result<PutReport> {
-        let prepared = self.prepare_put(opts)?;
+        let (prepared, source) = self.prepare_put(opts, source)?;
         let mut ingested = pipeline::ingest(&self.inner, source)?;
         let (change, counts) = prepared.change(&mut ingested);
         let file = self.inner.committer.commit(&self.inner, change)?;
@@ -750,8 +776,8 @@ impl Store {
             let slot = results.len();
             results.push(None);
             let ingested = self
-                .prepare_put(&opts)
-                .and_then(|p| pipeline::ingest(&self.inner, source).map(|i| (p, i)));
+                .prepare_put(&opts, source)
+                .and_then(|(p, source)| pipeline::ingest(&self.inner, source).map(|i| (p, i)));
             match ingested {
                 Ok((prepared, mut ingested)) => {
                     let (change, counts) = prepared.change(&mut ingested);
@@ -772,28 +798,37 @@ impl Store {
             .collect()
     }
 
-    /// Validates a put's options and derives its names and MIME type.
-    fn prepare_put(&self, opts: &PutOptions) -> Result<PreparedPut> {
+    /// Validates a put's options, derives its names, admits it under the policy and guards its
+    /// source: the returned reader has passed the magic-byte check, knows the validated MIME
+    /// type, and enforces the category's size limit.
+    fn prepare_put<R: Read>(
+        &self,
+        opts: &PutOptions,
+        source: R,
+    ) -> Result<(PreparedPut, Guarded<R>)> {
         validate::check_label("owner", &opts.owner)?;
         if let Some(key) = &opts.key {
             validate::check_key(key)?;
         }
-        let category = opts.category.as_deref().unwrap_or(DEFAULT_CATEGORY);
-        validate::check_label("category", category)?;
+        if let Some(category) = &opts.category {
+            validate::check_label("category", category)?;
+        }
         let original = opts.name.clone().or_else(|| {
             opts.key
                 .as_ref()
                 .map(|k| k.rsplit('/').next().unwrap_or(k).to_string())
         });
         let display_name = validate::sanitize_display_name(original.as_deref().unwrap_or("file"));
-        let mime = match &opts.mime {
-            Some(m) => m.clone(),
-            None => mime_guess::from_path(&display_name)
-                .first_raw()
-                .unwrap_or("application/octet-stream")
-                .to_string(),
-        };
-        Ok(PreparedPut {
+        let admission = self.inner.config.policy.admit(
+            Some(&display_name),
+            opts.mime.as_deref(),
+            opts.category.as_deref(),
+            opts.declared_size,
+        )?;
+        let category = admission.category().to_string();
+        let source = admission.guard(source)?;
+        let mime = source.mime().to_string();
+        let prepared = PreparedPut {
             meta: VersionMeta {
                 file_id: FileId(0),
                 version: 0,
@@ -801,7 +836,7 @@ impl Store {
                 key: opts.key.clone(),
                 original_name: original.filter(|o| *o != display_name),
                 display_name,
-                category: category.to_string(),
+                category,
                 mime,
                 size: 0,
                 blake3: String::new(),
@@ -812,7 +847,8 @@ impl Store {
                 metadata: opts.metadata.clone(),
                 restored_from: None,
             },
-        })
+        };
+        Ok((prepared, source))
     }
 
     // ---------------------------------------------------------------- files

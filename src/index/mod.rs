@@ -4,9 +4,12 @@
 //! that inserts it has committed; everything it references was made durable in packs before
 //! that (see `Store` and docs/design.md). The index can always be rebuilt from the packs
 //! (`maintenance::recover`), so it holds nothing that is not also recorded there, except
-//! access times and counters, which recovery recomputes.
+//! access times and counters, which recovery recomputes, and upload sessions (`uploads.rs`),
+//! staging state that recovery drops.
 
 mod schema;
+mod uploads;
+mod users;
 
 use std::path::Path;
 
@@ -24,6 +27,8 @@ use crate::pack::manifest::{
 use crate::pack::{Location, PackState};
 use schema::*;
 pub use schema::{ChunkRow, INDEX_FORMAT};
+pub use uploads::UploadRecord;
+pub use users::{TokenRecord, UserRecord};
 
 /// Maps any redb error into [`Error::Index`] naming the operation.
 fn ix<E: std::fmt::Display>(context: &'static str) -> impl FnOnce(E) -> Error {
@@ -144,6 +149,7 @@ impl Index {
                 .map_err(ix("creating tables"))?;
             tx.open_table(CHUNKS).map_err(ix("creating tables"))?;
             tx.open_table(PACKS).map_err(ix("creating tables"))?;
+            tx.open_table(UPLOADS).map_err(ix("creating tables"))?;
         }
         w.commit()?;
         Ok(index)

@@ -30,6 +30,14 @@ pub const VERSION_CHUNKS: TableDefinition<(u128, u32), &[u8]> =
 pub const CHUNKS: TableDefinition<&[u8; 32], &[u8; CHUNK_ROW_LEN]> = TableDefinition::new("chunks");
 /// Pack id → `PackState` (fixed 9 bytes): committed length and sealed flag.
 pub const PACKS: TableDefinition<u32, &[u8; PACK_ROW_LEN]> = TableDefinition::new("packs");
+/// Upload session id (ULID string) → `UploadRecord` (JSON). Index-only state: sessions are not
+/// recorded in packs, so `recover` does not bring them back.
+pub const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
+
+/// User name → `UserRecord` (JSON): the people and services the HTTP service knows.
+pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// SHA-256 of a bearer token → `TokenRecord` (JSON). The token itself is never stored.
+pub const TOKENS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tokens");
 
 pub const CHUNK_ROW_LEN: usize = 32;
 pub const PACK_ROW_LEN: usize = 9;

@@ -87,7 +87,8 @@ pub fn recover(
         let map = storage
             .map(id)
             .ctx(|| format!("mapping {}", storage.describe(id)))?;
-        let bytes: &[u8] = (*map).as_ref();
+        let map = crate::pack::storage::ReleaseOnDrop(map);
+        let bytes: &[u8] = map.0.bytes();
         match decode_pack_header(bytes) {
             Ok((pid, sid)) if pid == id && sid == store_id => {}
             Ok(_) => {

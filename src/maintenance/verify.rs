@@ -95,7 +95,8 @@ impl Store {
                     continue;
                 }
             };
-            let bytes: &[u8] = (*bytes).as_ref();
+            let bytes = crate::pack::storage::ReleaseOnDrop(bytes);
+            let bytes: &[u8] = bytes.0.bytes();
             if (bytes.len() as u64) < state.len {
                 report.problems.push(format!(
                     "{} is {} bytes but {} were committed (truncated)",

@@ -6,12 +6,66 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Read-only bytes of a sealed pack (a memory map for [`FsPackStorage`]).
-pub type PackBytes = Arc<dyn AsRef<[u8]> + Send + Sync>;
+pub type PackBytes = Arc<dyn PackMap>;
+
+/// A read-only view of a sealed pack.
+pub trait PackMap: Send + Sync {
+    fn bytes(&self) -> &[u8];
+
+    /// The reader is done with `range` for now. A memory map lets those pages leave the
+    /// process's resident set — they stay in the page cache and come back on the next touch —
+    /// so streaming a large file does not grow RSS by the file's size. Contents never change.
+    fn release(&self, _range: Range<usize>) {}
+}
+
+impl PackMap for Vec<u8> {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+/// Holds a pack view and releases all of it when dropped: for whole-pack scans (verify,
+/// recover), so RSS stays at about one pack whatever the store's size.
+pub struct ReleaseOnDrop(pub PackBytes);
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.0.release(0..self.0.bytes().len());
+    }
+}
+
+const PAGE: usize = 4096;
+
+impl PackMap for memmap2::Mmap {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+
+    fn release(&self, range: Range<usize>) {
+        let start = range.start / PAGE * PAGE;
+        let end = range
+            .end
+            .div_ceil(PAGE)
+            .saturating_mul(PAGE)
+            .min(self.len());
+        if start >= end {
+            return;
+        }
+        // SAFETY: this is a read-only shared mapping of a file nobody writes (a sealed pack), so
+        // MADV_DONTNEED only drops our page-table entries: the next access faults the same bytes
+        // back in from the page cache. (On a private or anonymous mapping it would zero them,
+        // which is why memmap2 makes it unsafe.) Failure only means the pages stay resident.
+        let _ = unsafe {
+            self.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+    }
+}
 
 /// A directory of pack files, named by a `u32` id.
 ///

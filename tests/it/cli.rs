@@ -224,8 +224,8 @@ fn put_recursive_lists_every_relative_key() {
         "a.txt",
         "docs/readme.md",
         "docs/deep/er/notes.txt",
-        "img/x.png",
-        "img/y.png",
+        "img/x.svg",
+        "img/y.svg",
     ];
     for (i, rel) in tree.iter().enumerate() {
         cli.write(
@@ -732,4 +732,63 @@ fn a_failed_put_reports_what_was_stored() {
         keys(&cli.json(&["ls"])),
         BTreeSet::from(["a.txt".into(), "c.txt".into()])
     );
+}
+
+#[test]
+fn put_refuses_content_that_contradicts_its_name_in_one_line() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    // A Windows executable named like a photo.
+    let mut exe = random_bytes(30, 2048);
+    exe[..2].copy_from_slice(b"MZ");
+    exe[0x3C..0x40].copy_from_slice(&0x80u32.to_le_bytes());
+    exe[0x80..0x84].copy_from_slice(b"PE\0\0");
+    exe[0x96..0x98].copy_from_slice(&0x0022u16.to_le_bytes());
+    let f = cli.write("cat.jpg", &exe);
+    let (out, err) = cli.fails(&["put", s(&f)], 1);
+    assert!(out.is_empty(), "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: storing \"cat.jpg\": rejected (type_mismatch)")
+            && err.contains("image/jpeg")
+            && err.contains("portable-executable"),
+        "{err}"
+    );
+    let (out, _) = cli.fails(&["--json", "put", s(&f)], 1);
+    assert_eq!(parse_json(out.as_bytes())["error"]["kind"], "type_mismatch");
+    // A category that does not take the extension.
+    let t = cli.write("notes.txt", b"hello\n");
+    let (out, _) = cli.fails(&["--json", "put", s(&t), "--category", "images"], 1);
+    assert_eq!(
+        parse_json(out.as_bytes())["error"]["kind"],
+        "type_not_allowed"
+    );
+    // Over the images limit (10 MB): the file's size refuses it before it is read.
+    let mut big = b"\x89PNG\r\n\x1a\n".to_vec();
+    big.resize(10_000_001, 0);
+    let b = cli.write("big.png", &big);
+    let (out, err) = cli.fails(&["--json", "put", s(&b)], 1);
+    assert_eq!(
+        parse_json(out.as_bytes())["error"]["kind"],
+        "too_large",
+        "{err}"
+    );
+    assert!(err.contains("too large") && err.contains("images"), "{err}");
+    // Nothing of it was stored.
+    assert!(
+        cli.json(&["ls", "--all"])["files"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // This repository's sources (Rust, and whatever else lives there) go to `other`.
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let put = cli.json(&["put", "-r", s(&src)]);
+    let files = put["files"].as_array().unwrap();
+    assert!(files.len() > 20, "{}", files.len());
+    for f in files {
+        assert_eq!(f["file"]["category"], "other", "{f}");
+        assert_eq!(f["file"]["mime"], "text/x-rust", "{f}");
+    }
 }

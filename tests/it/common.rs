@@ -64,3 +64,11 @@ pub fn blake3_hex(data: &[u8]) -> String {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// Pseudo-random bytes behind a PNG signature: content validation takes them for an image.
+pub fn png_bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    out.extend_from_slice(&random_bytes(seed, len.saturating_sub(out.len())));
+    out.truncate(len.max(8));
+    out
+}

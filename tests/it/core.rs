@@ -6,7 +6,7 @@ use std::io::{Read, Seek, SeekFrom};
 use sha2::Digest;
 use tessera::{ChunkParams, Config, Error, FileId, ListQuery, PutOptions, Store};
 
-use crate::common::{TempStore, blake3_hex, random_bytes, text_bytes};
+use crate::common::{TempStore, blake3_hex, png_bytes, random_bytes, text_bytes};
 
 fn put(store: &Store, data: &[u8], key: &str) -> tessera::PutReport {
     store.put(data, &PutOptions::key(key)).expect("put")
@@ -223,6 +223,7 @@ fn metadata_is_recorded_and_names_are_sanitised() {
         mime: None,
         public: true,
         metadata: serde_json::json!({"pages": 3, "tags": ["a", "b"]}),
+        declared_size: Some(data.len() as u64),
     };
     let r = store.put(&data[..], &opts).unwrap();
     let f = store.stat(r.file.id).unwrap();
@@ -264,6 +265,8 @@ fn listing_pages_by_owner_prefix_and_category() {
                 "odd".into()
             },
             key: Some(format!("dir{}/file{i:02}", i % 3)),
+            // Categories check names and content: images are PNGs, documents text files.
+            name: Some(format!("file{i:02}.{}", if i < 5 { "png" } else { "txt" })),
             category: Some(if i < 5 {
                 "images".into()
             } else {
@@ -271,7 +274,12 @@ fn listing_pages_by_owner_prefix_and_category() {
             }),
             ..Default::default()
         };
-        store.put(&random_bytes(i, 100)[..], &opts).unwrap();
+        let data = if i < 5 {
+            png_bytes(i, 100)
+        } else {
+            text_bytes(i, 100)
+        };
+        store.put(&data[..], &opts).unwrap();
     }
     let mut all = Vec::new();
     let mut q = ListQuery {

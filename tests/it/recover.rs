@@ -6,7 +6,7 @@ use std::io::Write;
 use serde_json::Value;
 use tessera::{Config, FileInfo, ListQuery, PutOptions, Store};
 
-use crate::common::{TempStore, random_bytes, text_bytes};
+use crate::common::{TempStore, png_bytes, random_bytes, text_bytes};
 
 /// Everything a user can list, minus access times (not logged in packs by design).
 fn snapshot(store: &Store) -> Vec<(Value, Value)> {
@@ -40,6 +40,8 @@ fn populate(store: &Store) {
             }),
             metadata: serde_json::json!({ "i": i }),
             public: i % 4 == 0,
+            // Images must be named and made like images (validation checks both).
+            name: (i % 2 == 1).then(|| format!("photo{i}.png")),
             ..Default::default()
         };
         let len = 50_000 + i as usize * 10_000;
@@ -47,7 +49,7 @@ fn populate(store: &Store) {
         let data = if i % 2 == 0 {
             text_bytes(i, len)
         } else {
-            random_bytes(i, len * 3)
+            png_bytes(i, len * 3)
         };
         store.put(&data[..], &opts).unwrap();
     }
@@ -57,7 +59,7 @@ fn populate(store: &Store) {
         .unwrap();
     store
         .put(
-            &random_bytes(78, 10)[..],
+            &png_bytes(78, 10)[..],
             &PutOptions {
                 name: Some("a b.PNG".into()),
                 ..Default::default()

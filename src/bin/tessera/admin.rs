@@ -26,7 +26,7 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> CmdResult {
     let config = Config {
         chunking: custom.then_some(chunking),
         compression_level: a.compression,
-        ..Config::default()
+        ..ctx.config()
     };
     // The engine checks everything before it creates anything, and refuses an existing store.
     let store = Store::create(&ctx.store_dir, config)?;
@@ -53,7 +53,7 @@ pub fn init(ctx: &Ctx, a: InitArgs) -> CmdResult {
 }
 
 pub fn stats(ctx: &Ctx) -> CmdResult {
-    let store = Store::open_read_only(&ctx.store_dir, Config::default())?;
+    let store = Store::open_read_only(&ctx.store_dir, ctx.config())?;
     warn_open_report(ctx, &store);
     let s = store.stats()?;
     let physical = s.pack_bytes + s.index_bytes;
@@ -145,7 +145,7 @@ fn verify_text(r: &VerifyReport) -> String {
 }
 
 pub fn verify(ctx: &Ctx) -> CmdResult {
-    let store = Store::open_read_only(&ctx.store_dir, Config::default())?;
+    let store = Store::open_read_only(&ctx.store_dir, ctx.config())?;
     warn_open_report(ctx, &store);
     let report = store.verify(&BarProgress::new(&ctx.ui))?;
     let ok = report.is_ok();
@@ -160,11 +160,7 @@ pub fn verify(ctx: &Ctx) -> CmdResult {
 }
 
 pub fn recover(ctx: &Ctx) -> CmdResult {
-    let report = tessera::recover(
-        &ctx.store_dir,
-        &Config::default(),
-        &BarProgress::new(&ctx.ui),
-    )?;
+    let report = tessera::recover(&ctx.store_dir, &ctx.config(), &BarProgress::new(&ctx.ui))?;
     if ctx.ui.json {
         ctx.ui.emit_json(&report)?;
         return Ok(Status::Ok);

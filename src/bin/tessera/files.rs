@@ -189,7 +189,7 @@ fn plan_put(ctx: &Ctx, a: &PutArgs) -> Result<Vec<Job>, Fail> {
 /// Opens the store for a put, creating it with the defaults if there is none yet.
 fn open_for_put(ctx: &Ctx) -> Result<Store, Fail> {
     let existed = ctx.store_dir.join("store.json").exists();
-    let store = Store::open_or_create(&ctx.store_dir, tessera::Config::default())?;
+    let store = Store::open_or_create(&ctx.store_dir, ctx.config())?;
     if !existed {
         ctx.ui.note(format!(
             "created a new store in {}",
@@ -241,6 +241,8 @@ pub fn put(ctx: &Ctx, a: PutArgs) -> CmdResult {
         category: a.category.clone(),
         mime: a.mime.clone(),
         public: a.public,
+        // A file's size is known up front: one over its category's limit is refused unread.
+        declared_size: job.len,
         ..Default::default()
     };
     for batch in batches(&jobs) {
@@ -418,7 +420,7 @@ fn output_path(out: Option<&Path>, display_name: &str) -> Result<PathBuf, Fail> 
 }
 
 pub fn get(ctx: &Ctx, a: GetArgs) -> CmdResult {
-    let store = Store::open_read_only(&ctx.store_dir, tessera::Config::default())?;
+    let store = Store::open_read_only(&ctx.store_dir, ctx.config())?;
     admin::warn_open_report(ctx, &store);
     let id = resolve(&store, &ctx.owner, &a.target)?;
     let (mut reader, info, want) = open_version(&store, id, a.version)?;
@@ -518,7 +520,7 @@ pub fn cat(ctx: &Ctx, a: CatArgs) -> CmdResult {
             "cat writes the file's bytes to stdout and has no --json form (try `stat --json`)",
         );
     }
-    let store = Store::open_read_only(&ctx.store_dir, tessera::Config::default())?;
+    let store = Store::open_read_only(&ctx.store_dir, ctx.config())?;
     admin::warn_open_report(ctx, &store);
     let id = resolve(&store, &ctx.owner, &a.target)?;
     let (mut reader, info, want) = open_version(&store, id, a.version)?;
@@ -550,7 +552,7 @@ pub fn cat(ctx: &Ctx, a: CatArgs) -> CmdResult {
 // ------------------------------------------------------------------------------------ listing
 
 pub fn ls(ctx: &Ctx, a: LsArgs) -> CmdResult {
-    let store = Store::open_read_only(&ctx.store_dir, tessera::Config::default())?;
+    let store = Store::open_read_only(&ctx.store_dir, ctx.config())?;
     admin::warn_open_report(ctx, &store);
     let by_owner = ctx.owner_explicit || a.prefix.is_some();
     let mut q = ListQuery {
@@ -661,7 +663,7 @@ fn stat_text(f: &FileInfo) -> String {
 }
 
 pub fn stat(ctx: &Ctx, a: Target) -> CmdResult {
-    let store = Store::open_read_only(&ctx.store_dir, tessera::Config::default())?;
+    let store = Store::open_read_only(&ctx.store_dir, ctx.config())?;
     admin::warn_open_report(ctx, &store);
     let id = resolve(&store, &ctx.owner, &a.target)?;
     let info = store.stat(id)?;
@@ -676,7 +678,7 @@ pub fn stat(ctx: &Ctx, a: Target) -> CmdResult {
 /// `rm` (or `undelete` when `undo`). Every argument is resolved before anything changes, so a
 /// typo in one of them changes nothing.
 pub fn rm(ctx: &Ctx, a: Targets, undo: bool) -> CmdResult {
-    let store = Store::open(&ctx.store_dir, tessera::Config::default())?;
+    let store = Store::open(&ctx.store_dir, ctx.config())?;
     admin::warn_open_report(ctx, &store);
     let ids = a
         .targets
@@ -707,7 +709,7 @@ pub fn rm(ctx: &Ctx, a: Targets, undo: bool) -> CmdResult {
 }
 
 pub fn versions(ctx: &Ctx, a: Target) -> CmdResult {
-    let store = Store::open_read_only(&ctx.store_dir, tessera::Config::default())?;
+    let store = Store::open_read_only(&ctx.store_dir, ctx.config())?;
     admin::warn_open_report(ctx, &store);
     let id = resolve(&store, &ctx.owner, &a.target)?;
     let info = store.stat(id)?;
@@ -744,7 +746,7 @@ pub fn versions(ctx: &Ctx, a: Target) -> CmdResult {
 }
 
 pub fn restore(ctx: &Ctx, a: RestoreArgs) -> CmdResult {
-    let store = Store::open(&ctx.store_dir, tessera::Config::default())?;
+    let store = Store::open(&ctx.store_dir, ctx.config())?;
     admin::warn_open_report(ctx, &store);
     let id = resolve(&store, &ctx.owner, &a.target)?;
     let info = store.restore(id, a.version)?;

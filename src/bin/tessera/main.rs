@@ -5,10 +5,14 @@
 //!   there (a failure prints `{"error": {...}}`); `cat` has no JSON form and refuses `--json`.
 //! - Progress bars and notes go to stderr, never stdout; bars are drawn only when stderr is a
 //!   terminal and neither `--json` nor `--quiet` is given.
-//! - Exit codes: 0 ok, 1 failure (`error: ...` on stderr), 2 usage, 3 `verify` found damage.
+//! - Exit codes: 0 ok, 1 failure (`error: ...` on stderr; refused input — invalid, rejected by
+//!   validation, over a size limit — is a failure whose JSON `kind` says which), 2 usage, 3
+//!   `verify` found damage.
 
 mod admin;
 mod files;
+#[cfg(feature = "server")]
+mod serve;
 mod stress;
 mod ui;
 
@@ -43,6 +47,10 @@ struct Cli {
     /// Owner whose keys are used (and who owns new files) [default: local].
     #[arg(long, global = true, help_heading = GLOBAL, env = "TESSERA_OWNER", value_name = "U")]
     owner: Option<String>,
+
+    /// Configuration file (TOML): limits, categories, server settings. See `tessera::config`.
+    #[arg(long, global = true, help_heading = GLOBAL, env = "TESSERA_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
 
     /// Print exactly one JSON document on stdout (for scripts).
     #[arg(long, global = true, help_heading = GLOBAL)]
@@ -88,6 +96,11 @@ enum Cmd {
     Verify,
     /// Rebuild the index from the pack files (the store must not be in use).
     Recover,
+    /// Run the HTTP service on the store.
+    Serve(serve::ServeArgs),
+    /// Manage the users and tokens of the HTTP service.
+    #[command(subcommand)]
+    User(serve::UserCmd),
     /// Concurrent puts that print `ACK <key> <version> <blake3> <size>` once each put returned
     /// (used by the crash-safety test).
     #[command(hide = true)]
@@ -119,10 +132,12 @@ struct PutArgs {
     /// Key of the file (only with exactly one FILE). A put to an existing key adds a version.
     #[arg(long, value_name = "K")]
     key: Option<String>,
-    /// Category of new files [default: other].
+    /// Category of the files [default: inferred from each file's extension: images,
+    /// documents, videos, archives, else other].
     #[arg(long, value_name = "C")]
     category: Option<String>,
-    /// MIME type [default: guessed from the name].
+    /// Declared MIME type; the content's magic bytes must agree with it [default: none, the
+    /// type is detected and checked against the file's extension].
     #[arg(long, value_name = "M")]
     mime: Option<String>,
     /// Mark the files public.
@@ -218,6 +233,15 @@ pub struct Ctx {
     /// True when the owner was given on the command line or in the environment.
     pub owner_explicit: bool,
     pub ui: Ui,
+    /// The configuration file's settings (defaults without `--config`).
+    pub settings: tessera::config::Settings,
+}
+
+impl Ctx {
+    /// The engine configuration for this run.
+    pub fn config(&self) -> tessera::Config {
+        self.settings.store_config()
+    }
 }
 
 /// Exits with clap's usage-error format and code 2.
@@ -230,7 +254,15 @@ pub fn usage_error(msg: impl std::fmt::Display) -> ! {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let ui = Ui::new(cli.json, cli.quiet);
+    let settings = match &cli.config {
+        Some(path) => match tessera::config::Settings::load(path) {
+            Ok(s) => s,
+            Err(e) => return ui.report_failure(&e.into()),
+        },
+        None => tessera::config::Settings::default(),
+    };
     let ctx = Ctx {
+        settings,
         store_dir: cli.store,
         owner: cli
             .owner
@@ -253,6 +285,8 @@ fn main() -> ExitCode {
         Cmd::Stats => admin::stats(&ctx),
         Cmd::Verify => admin::verify(&ctx),
         Cmd::Recover => admin::recover(&ctx),
+        Cmd::Serve(a) => serve::serve(&ctx, a),
+        Cmd::User(c) => serve::user(&ctx, c),
         Cmd::DebugStress(a) => stress::run(&ctx, a),
     };
     match result {

@@ -8,7 +8,7 @@
 use std::io::Write;
 
 use clap::Args;
-use tessera::{Config, PutOptions, Store};
+use tessera::{PutOptions, Store};
 
 use crate::ui::Fail;
 use crate::{CmdResult, Ctx, Status};
@@ -59,7 +59,7 @@ pub fn content(seed: u64, thread: u32, i: u64, max_size: u64, prev: Option<&[u8]
 }
 
 pub fn run(ctx: &Ctx, a: StressArgs) -> CmdResult {
-    let store = Store::open_or_create(&ctx.store_dir, Config::default())?;
+    let store = Store::open_or_create(&ctx.store_dir, ctx.config())?;
     let handles: Vec<_> = (0..a.threads)
         .map(|t| {
             let store = store.clone();

@@ -77,7 +77,11 @@ impl From<tessera::Error> for Fail {
             E::Locked { .. } => "locked",
             E::NotAStore { .. } => "not_a_store",
             E::ConfigMismatch(_) => "config_mismatch",
+            // Bad input too: validation refused the file (kind = the rejection's code, such as
+            // `type_mismatch`), or it is over its category's size limit.
             E::InvalidInput(_) => "invalid_input",
+            E::Rejected { code, .. } => code,
+            E::TooLarge { .. } => "too_large",
             E::AlreadyExists { .. } => "exists",
             E::Corrupt { .. } => "corrupt",
             E::Io { .. } => "io",
@@ -317,15 +321,20 @@ pub fn fields(pairs: &[(&str, String)]) -> String {
 }
 
 /// A size in bytes: a plain number or a unit such as `64KiB`.
-pub fn parse_size_u32(s: &str) -> Result<u32, String> {
-    let n = match s.trim().parse::<u64>() {
-        Ok(n) => n,
-        Err(_) => s
+pub fn parse_size_u64(s: &str) -> Result<u64, String> {
+    match s.trim().parse::<u64>() {
+        Ok(n) => Ok(n),
+        Err(_) => Ok(s
             .trim()
             .parse::<ByteSize>()
             .map_err(|e| format!("not a size: {e}"))?
-            .as_u64(),
-    };
+            .as_u64()),
+    }
+}
+
+/// [`parse_size_u64`] for sizes that must fit 32 bits.
+pub fn parse_size_u32(s: &str) -> Result<u32, String> {
+    let n = parse_size_u64(s)?;
     u32::try_from(n).map_err(|_| format!("{n} bytes is too large"))
 }
 

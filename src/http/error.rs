@@ -1,0 +1,119 @@
+//! The one place engine errors become HTTP statuses, and the JSON error body every endpoint
+//! uses: `{"error": "<code>", "message": "<human text>"}`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::error::Error;
+
+/// An error answer: status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Extra headers some protocols require on errors (tus's `Tus-Resumable`, 416's
+    /// `Content-Range`).
+    pub headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+#[derive(Serialize)]
+pub struct ErrorBody<'a> {
+    pub error: &'a str,
+    pub message: &'a str,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn unauthorized() -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required (Authorization: Bearer <token>)",
+        )
+        .with_header(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"tessera\""),
+        )
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// Also what another user's private file looks like: 404, not 403, so a guess at an id
+    /// does not learn that the file exists.
+    pub fn not_found(what: impl std::fmt::Display) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} not found"),
+        )
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+/// tus's "checksum mismatch" status, not in the IANA registry.
+pub fn checksum_mismatch_status() -> StatusCode {
+    StatusCode::from_u16(460).expect("460 is a valid status code")
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let (status, code) = match &e {
+            Error::NotFound { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            Error::InvalidInput(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
+            Error::AlreadyExists { .. } => (StatusCode::CONFLICT, "already_exists"),
+            Error::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Error::Rejected { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, *code),
+            Error::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Error::ChecksumMismatch(_) => (checksum_mismatch_status(), "checksum_mismatch"),
+            Error::Busy(_) => (StatusCode::LOCKED, "busy"),
+            Error::Expired { .. } => (StatusCode::GONE, "expired"),
+            Error::Locked { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_locked"),
+            Error::Io { .. } if e.is_disk_full() => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
+            Error::Corrupt { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "corrupt"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %e, "request failed");
+        }
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.code,
+            message: &self.message,
+        };
+        let mut resp = (self.status, Json(body)).into_response();
+        for (k, v) in self.headers {
+            resp.headers_mut().insert(k, v);
+        }
+        resp
+    }
+}
+
+pub type ApiResult<T> = std::result::Result<T, ApiError>;

@@ -1,0 +1,545 @@
+//! The file endpoints: multipart upload, listing, metadata, download, delete/undelete,
+//! versions, signed links, and the small operational ones (stats, health).
+
+use std::io;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::multipart::{Multipart, MultipartRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::auth::{Admin, Caller, User, can_read, can_write};
+use super::bridge::{ChannelReader, QUEUE};
+use super::download::{self, Cache, Target};
+use super::error::{ApiError, ApiResult};
+use super::links::{FLAG_ATTACHMENT, Grant, LinkError};
+use super::{AppState, blocking, metrics};
+use crate::error::Error;
+use crate::id::FileId;
+use crate::index::UserRecord;
+use crate::store::{FileInfo, ListQuery, PutOptions};
+
+/// Largest text field (category, key, public) read from a multipart body.
+const MAX_TEXT_FIELD: usize = 4096;
+
+/// A path id that does not parse names no file: 404, like any unknown id.
+fn parse_id(raw: &str) -> ApiResult<FileId> {
+    raw.parse().map_err(|_| ApiError::not_found("file"))
+}
+
+/// The file `raw` names, if `caller` may read it; another user's private file is "not found".
+async fn readable(state: &AppState, caller: Option<&UserRecord>, raw: &str) -> ApiResult<FileInfo> {
+    let id = parse_id(raw)?;
+    let store = state.store.clone();
+    let file = blocking(move || store.stat(id)).await?;
+    if can_read(caller, &file) {
+        Ok(file)
+    } else if caller.is_none() {
+        Err(ApiError::unauthorized())
+    } else {
+        Err(ApiError::not_found("file"))
+    }
+}
+
+/// The file `raw` names, if `user` may change it.
+async fn writable(state: &AppState, user: &UserRecord, raw: &str) -> ApiResult<FileInfo> {
+    let id = parse_id(raw)?;
+    let store = state.store.clone();
+    let file = blocking(move || store.stat(id)).await?;
+    if can_write(user, &file) {
+        Ok(file)
+    } else if can_read(Some(user), &file) {
+        Err(ApiError::forbidden(
+            "only the owner or an admin may change this file",
+        ))
+    } else {
+        Err(ApiError::not_found("file"))
+    }
+}
+
+#[derive(Serialize)]
+struct FileResult {
+    /// The file name the client sent for this part.
+    name: Option<String>,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<FileInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    #[serde(skip)]
+    status: StatusCode,
+}
+
+impl FileResult {
+    fn failed(name: Option<String>, e: ApiError) -> Self {
+        metrics::upload_failed();
+        FileResult {
+            name,
+            ok: false,
+            file: None,
+            error: Some(e.code),
+            message: Some(e.message),
+            status: e.status,
+        }
+    }
+}
+
+fn parse_bool(s: &str) -> ApiResult<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" | "" => Ok(false),
+        other => Err(ApiError::bad_request(format!(
+            "`public` must be true or false, got {other:?}"
+        ))),
+    }
+}
+
+/// `POST /api/files`: multipart with one or many file parts. Text fields `category` and
+/// `public` apply to the file parts after them; `key` to the next file part only. Each file is
+/// validated and committed on its own, so one bad file does not fail the others: the answer
+/// is 201 when all are stored, 207 with a result per file when some are, and the first
+/// failure's status when none are.
+pub async fn upload(
+    State(state): State<AppState>,
+    User(user): User,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> ApiResult<Response> {
+    let max = state.settings.uploads.max_upload.as_u64();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(n) = declared
+        && n > max
+    {
+        return Err(Error::TooLarge {
+            limit: max,
+            what: format!("a request body of {n} bytes"),
+        }
+        .into());
+    }
+    let mut mp = multipart
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", e.body_text()))?;
+
+    let mut category: Option<String> = None;
+    let mut key: Option<String> = None;
+    let mut public = false;
+    let mut results: Vec<FileResult> = Vec::new();
+    let mut received: u64 = 0;
+    let mut malformed: Option<String> = None;
+
+    loop {
+        let mut field = match mp.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => {
+                malformed = Some(e.body_text());
+                break;
+            }
+        };
+        let field_name = field.name().unwrap_or_default().to_string();
+        let Some(file_name) = field.file_name().map(str::to_string) else {
+            let mut text = Vec::new();
+            loop {
+                match field.chunk().await {
+                    Ok(Some(b)) if text.len() + b.len() <= MAX_TEXT_FIELD => {
+                        text.extend_from_slice(&b)
+                    }
+                    Ok(Some(_)) => {
+                        return Err(ApiError::bad_request(format!(
+                            "form field {field_name:?} is longer than {MAX_TEXT_FIELD} bytes"
+                        )));
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        malformed = Some(e.body_text());
+                        break;
+                    }
+                }
+            }
+            if malformed.is_some() {
+                break;
+            }
+            let text = String::from_utf8(text).map_err(|_| {
+                ApiError::bad_request(format!("form field {field_name:?} is not UTF-8"))
+            })?;
+            match field_name.as_str() {
+                "category" => category = Some(text.trim().to_string()).filter(|c| !c.is_empty()),
+                "key" => key = Some(text.trim().to_string()).filter(|k| !k.is_empty()),
+                "public" => public = parse_bool(&text)?,
+                _ => {} // Unknown fields are ignored, as browsers send submit buttons and such.
+            }
+            continue;
+        };
+
+        // A browser says octet-stream when it does not know: that is no declaration at all.
+        let mime = field
+            .content_type()
+            .map(str::to_string)
+            .filter(|m| m != "application/octet-stream");
+        let opts = PutOptions {
+            owner: user.name.clone(),
+            key: key.take(),
+            name: Some(file_name.clone()),
+            category: category.clone(),
+            mime,
+            public,
+            ..Default::default()
+        };
+        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(QUEUE);
+        let store = state.store.clone();
+        let job = tokio::task::spawn_blocking(move || store.put(ChannelReader::new(rx), &opts));
+
+        let mut over_limit = false;
+        loop {
+            match field.chunk().await {
+                Ok(Some(b)) => {
+                    received += b.len() as u64;
+                    if received > max {
+                        over_limit = true;
+                        let _ = tx
+                            .send(Err(io::Error::other("upload over the limit")))
+                            .await;
+                        break;
+                    }
+                    if tx.send(Ok(b)).await.is_err() {
+                        break; // The put ended early (rejected); its error says why.
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    // A cut or garbled body: the put must fail, never commit a prefix.
+                    let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+                    malformed = Some(e.body_text());
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let outcome = job
+            .await
+            .map_err(|e| Error::InvalidInput(format!("upload worker failed: {e}")));
+        let result = match outcome.and_then(|r| r) {
+            Ok(report) => {
+                metrics::upload_done(report.file.size);
+                FileResult {
+                    name: Some(file_name),
+                    ok: true,
+                    file: Some(report.file),
+                    error: None,
+                    message: None,
+                    status: StatusCode::CREATED,
+                }
+            }
+            Err(_) if over_limit => FileResult::failed(
+                Some(file_name),
+                Error::TooLarge {
+                    limit: max,
+                    what: "the upload".into(),
+                }
+                .into(),
+            ),
+            Err(_) if malformed.is_some() => FileResult::failed(
+                Some(file_name),
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_multipart",
+                    malformed.clone().unwrap_or_default(),
+                ),
+            ),
+            Err(e) => FileResult::failed(Some(file_name), e.into()),
+        };
+        results.push(result);
+        if over_limit || malformed.is_some() {
+            break;
+        }
+    }
+
+    if results.is_empty() {
+        return Err(match malformed {
+            Some(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", m),
+            None => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "no_files",
+                "the multipart body holds no file part",
+            ),
+        });
+    }
+    let stored = results.iter().filter(|r| r.ok).count();
+    let (status, body) = if stored == results.len() {
+        (StatusCode::CREATED, json!({ "files": results }))
+    } else if stored > 0 {
+        (StatusCode::MULTI_STATUS, json!({ "files": results }))
+    } else {
+        let first = results.iter().find(|r| !r.ok).expect("a failure");
+        (
+            first.status,
+            json!({ "error": first.error, "message": first.message, "files": results }),
+        )
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct ListParams {
+    prefix: Option<String>,
+    category: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+    /// Admins only: whose files.
+    owner: Option<String>,
+    deleted: bool,
+}
+
+/// `GET /api/files`: the caller's files (an admin may name another owner), paginated with an
+/// opaque cursor: pass `next` back as `after`.
+pub async fn list(
+    State(state): State<AppState>,
+    User(user): User,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let owner = match p.owner {
+        Some(o) if user.admin => o,
+        Some(o) if o != user.name => {
+            return Err(ApiError::forbidden(
+                "only admins may list another owner's files",
+            ));
+        }
+        _ => user.name.clone(),
+    };
+    let q = ListQuery {
+        owner: Some(owner),
+        prefix: p.prefix,
+        category: p.category,
+        include_deleted: p.deleted,
+        after: p.after,
+        limit: Some(p.limit.unwrap_or(100).clamp(1, 1000)),
+    };
+    let store = state.store.clone();
+    let page = blocking(move || store.list(&q)).await?;
+    Ok(Json(json!({ "files": page.files, "next": page.next })).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct GetParams {
+    version: Option<u32>,
+    /// Serve as an attachment.
+    download: bool,
+}
+
+/// `GET`/`HEAD /api/files/{id}[?version=N]`.
+pub async fn get(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(raw): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    params: Result<Query<GetParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let file = readable(&state, caller.as_ref(), &raw).await?;
+    let store = state.store.clone();
+    let id = file.id;
+    let version = p.version.unwrap_or(file.version);
+    let info = blocking(move || store.version_info(id, version)).await?;
+    let cache = match (file.public, p.version.is_some()) {
+        (true, true) => Cache::Immutable,
+        (true, false) => Cache::Public,
+        _ => Cache::Private,
+    };
+    download::serve(
+        &state,
+        &method,
+        &headers,
+        Target {
+            file: id,
+            version: info,
+            cache,
+            attachment: p.download,
+        },
+    )
+    .await
+}
+
+/// `GET /api/files/{id}/meta`.
+pub async fn meta(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(raw): Path<String>,
+) -> ApiResult<Response> {
+    Ok(Json(readable(&state, caller.as_ref(), &raw).await?).into_response())
+}
+
+/// `GET /api/files/{id}/versions`.
+pub async fn versions(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    Path(raw): Path<String>,
+) -> ApiResult<Response> {
+    let file = readable(&state, caller.as_ref(), &raw).await?;
+    let store = state.store.clone();
+    let versions = blocking(move || store.versions(file.id)).await?;
+    Ok(Json(json!({ "id": file.id, "versions": versions })).into_response())
+}
+
+/// `DELETE /api/files/{id}`: a soft delete, undone by `POST .../undelete` until purged.
+pub async fn delete(
+    State(state): State<AppState>,
+    User(user): User,
+    Path(raw): Path<String>,
+) -> ApiResult<Response> {
+    let file = writable(&state, &user, &raw).await?;
+    if file.deleted {
+        return Err(ApiError::not_found("file"));
+    }
+    let store = state.store.clone();
+    let file = blocking(move || store.delete(file.id)).await?;
+    Ok(Json(file).into_response())
+}
+
+/// `POST /api/files/{id}/undelete`.
+pub async fn undelete(
+    State(state): State<AppState>,
+    User(user): User,
+    Path(raw): Path<String>,
+) -> ApiResult<Response> {
+    let id = parse_id(&raw)?;
+    let store = state.store.clone();
+    let file = blocking(move || store.stat(id)).await?;
+    // A deleted file is invisible to its owner's reads, but the owner may bring it back.
+    if !can_write(&user, &file) {
+        return Err(ApiError::not_found("file"));
+    }
+    let store = state.store.clone();
+    let file = blocking(move || store.undelete(id)).await?;
+    Ok(Json(file).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinkParams {
+    /// Life of the link in seconds (default from configuration, capped by `max_ttl`).
+    ttl: Option<u64>,
+    /// Pin a version; default the current one.
+    version: Option<u32>,
+    /// Serve as an attachment.
+    download: bool,
+}
+
+/// `POST /api/files/{id}/link`: a signed URL that serves this version without a token until
+/// it expires.
+pub async fn link(
+    State(state): State<AppState>,
+    User(user): User,
+    Path(raw): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let p: LinkParams = if body.iter().all(u8::is_ascii_whitespace) {
+        LinkParams::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("link options: {e}")))?
+    };
+    let file = readable(&state, Some(&user), &raw).await?;
+    let version = p.version.unwrap_or(file.version);
+    let store = state.store.clone();
+    let id = file.id;
+    blocking(move || store.version_info(id, version)).await?;
+    let links = &state.settings.links;
+    let ttl = p
+        .ttl
+        .unwrap_or(links.default_ttl.as_secs())
+        .clamp(1, links.max_ttl.as_secs());
+    let expires_s = state.now_s() + ttl as i64;
+    let token = state.signer.sign(&Grant {
+        file: id,
+        version,
+        expires_s,
+        flags: if p.download { FLAG_ATTACHMENT } else { 0 },
+    });
+    let url = format!("{}/d/{token}", state.public_url);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "url": url, "expires_at": expires_s, "version": version })),
+    )
+        .into_response())
+}
+
+/// `GET`/`HEAD /d/{token}`: a signed link, no bearer token needed.
+pub async fn signed(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let now = state.now_s();
+    let grant = state.signer.verify(&token, now).map_err(|e| match e {
+        LinkError::Expired => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "link_expired",
+            "the link has expired",
+        ),
+        _ => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "link_invalid",
+            "the link is not valid",
+        ),
+    })?;
+    let store = state.store.clone();
+    let (file, info) = blocking(move || {
+        let file = store.stat(grant.file)?;
+        let info = store.version_info(grant.file, grant.version)?;
+        Ok((file, info))
+    })
+    .await?;
+    if file.deleted || file.quarantined {
+        return Err(ApiError::not_found("file"));
+    }
+    download::serve(
+        &state,
+        &method,
+        &headers,
+        Target {
+            file: file.id,
+            version: info,
+            cache: Cache::Signed {
+                max_age_s: (grant.expires_s - now).max(0) as u64,
+            },
+            attachment: grant.flags & FLAG_ATTACHMENT != 0,
+        },
+    )
+    .await
+}
+
+/// `GET /api/admin/storage/stats`.
+pub async fn admin_stats(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+) -> ApiResult<Response> {
+    tracing::debug!(admin = %admin.name, "storage stats");
+    let store = state.store.clone();
+    let (stats, users) = blocking(move || Ok((store.stats()?, store.user_count()?))).await?;
+    Ok(Json(json!({ "store": stats, "users": users })).into_response())
+}
+
+/// `GET /healthz`: the store answers a read.
+pub async fn healthz(State(state): State<AppState>) -> ApiResult<Response> {
+    let store = state.store.clone();
+    let stats = blocking(move || store.stats()).await?;
+    Ok(Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "files": stats.files,
+    }))
+    .into_response())
+}

@@ -1,0 +1,216 @@
+//! The HTTP service (feature `server`): axum on tokio over the engine.
+//!
+//! Handlers stay thin: they authenticate, check access, and call the `Store` on tokio's
+//! blocking pool ([`blocking`]) so engine work never stalls the async threads. Bodies stream
+//! both ways through bounded channels (`bridge`), so a 5 GiB upload or download holds a few
+//! hundred KiB. Engine errors become statuses in one place (`error`).
+
+mod auth;
+mod bridge;
+mod download;
+pub mod error;
+mod files;
+pub mod links;
+mod metrics;
+pub mod tus;
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{any, get, post};
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::config::Settings;
+use crate::error::{Error, IoContext, Result};
+use crate::store::Store;
+use error::{ApiError, ApiResult};
+use links::Signer;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub settings: Arc<Settings>,
+    pub signer: Arc<Signer>,
+    /// Base of the URLs the service hands out (links, tus `Location`), no trailing slash.
+    pub public_url: Arc<str>,
+}
+
+impl AppState {
+    /// Now, in Unix seconds, from the store's clock (tests move it).
+    pub fn now_s(&self) -> i64 {
+        self.store.inner.config.clock.now_ms().div_euclid(1000)
+    }
+}
+
+/// Runs engine work on the blocking pool.
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> ApiResult<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(ApiError::from),
+        Err(e) => Err(ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("worker failed: {e}"),
+        )),
+    }
+}
+
+/// Every route of the service.
+pub fn router(state: AppState) -> Router {
+    let id = axum::http::HeaderName::from_static("x-request-id");
+    Router::new()
+        .route(
+            "/api/files",
+            // Only upload routes take large bodies; the rest keep axum's 2 MB default.
+            post(files::upload)
+                .layer(DefaultBodyLimit::disable())
+                .get(files::list),
+        )
+        .route("/api/files/{id}", get(files::get).delete(files::delete))
+        .route("/api/files/{id}/meta", get(files::meta))
+        .route("/api/files/{id}/versions", get(files::versions))
+        .route("/api/files/{id}/undelete", post(files::undelete))
+        .route("/api/files/{id}/link", post(files::link))
+        .route("/d/{token}", get(files::signed))
+        // tus: one handler per path, which applies X-HTTP-Method-Override itself.
+        .route(
+            "/api/uploads",
+            any(tus::collection).layer(DefaultBodyLimit::disable()),
+        )
+        .route(
+            "/api/uploads/{id}",
+            any(tus::resource).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/api/admin/storage/stats", get(files::admin_stats))
+        .route("/healthz", get(files::healthz))
+        .route("/metrics", get(metrics::render))
+        .fallback(|| async { ApiError::not_found("route") })
+        .with_state(state)
+        .layer(axum::middleware::from_fn(metrics::track))
+        .layer(PropagateRequestIdLayer::new(id.clone()))
+        .layer(TraceLayer::new_for_http())
+        .layer(SetRequestIdLayer::new(id, MakeRequestUuid))
+}
+
+/// The HMAC key for signed links: from the configuration, else `<store>/signing.key`, made
+/// with 32 random bytes on first use.
+pub fn load_signer(store_dir: &Path, settings: &Settings) -> Result<Signer> {
+    let hex_key = |what: &str, s: &str| -> Result<Vec<u8>> {
+        let s = s.trim();
+        let bytes = (0..s.len())
+            .step_by(2)
+            .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect::<Option<Vec<u8>>>()
+            .filter(|b| b.len() >= 32 && s.len().is_multiple_of(2))
+            .ok_or_else(|| {
+                Error::InvalidInput(format!("{what} must be at least 32 bytes written as hex"))
+            })?;
+        Ok(bytes)
+    };
+    let previous = settings
+        .links
+        .previous_keys
+        .iter()
+        .map(|k| hex_key("links.previous_keys", k))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(k) = &settings.links.signing_key {
+        return Ok(Signer::new(hex_key("links.signing_key", k)?, previous));
+    }
+    let path = store_dir.join("signing.key");
+    match std::fs::read(&path) {
+        Ok(k) if k.len() >= 32 => return Ok(Signer::new(k, previous)),
+        Ok(_) => {
+            return Err(Error::InvalidInput(format!(
+                "{} is shorter than 32 bytes; delete it to make a new key (old links stop working)",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).ctx(|| format!("reading {}", path.display())),
+    }
+    let mut key = vec![0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| Error::Io {
+        context: "drawing random bytes for the signing key".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let tmp = store_dir.join("signing.key.tmp");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .ctx(|| format!("creating {}", tmp.display()))?;
+        f.write_all(&key)
+            .and_then(|_| f.sync_all())
+            .ctx(|| format!("writing {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, &path).ctx(|| format!("installing {}", path.display()))?;
+    Ok(Signer::new(key, previous))
+}
+
+/// A bound, not yet running service.
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Server {
+    /// Binds `settings.server.listen` (port 0 picks a free port).
+    pub async fn bind(store: Store, settings: Settings) -> Result<Server> {
+        let listener = TcpListener::bind(settings.server.listen)
+            .await
+            .ctx(|| format!("listening on {}", settings.server.listen))?;
+        let addr = listener
+            .local_addr()
+            .ctx(|| "reading the bound address".into())?;
+        let public_url = match &settings.server.public_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => format!("http://{addr}"),
+        };
+        let signer = load_signer(store.dir(), &settings)?;
+        metrics::handle();
+        Ok(Server {
+            listener,
+            state: AppState {
+                store,
+                settings: Arc::new(settings),
+                signer: Arc::new(signer),
+                public_url: public_url.into(),
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` completes, then finishes the requests in flight. Meanwhile
+    /// expired upload sessions are swept every `uploads.sweep_interval` (and once at start).
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+        let sweeper = tokio::spawn(tus::sweep_loop(
+            self.state.store.clone(),
+            self.state.settings.uploads.sweep_interval,
+        ));
+        let app = router(self.state);
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .ctx(|| "serving HTTP".into());
+        sweeper.abort();
+        served
+    }
+}
