@@ -94,6 +94,13 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(files::healthz))
         .route("/metrics", get(metrics::render))
         .fallback(|| async { ApiError::not_found("route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
         .with_state(state)
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(PropagateRequestIdLayer::new(id.clone()))

@@ -89,6 +89,23 @@ impl ReadTx {
     }
 }
 
+impl ReadTx {
+    /// Every token hash with its record (for `recover`, which carries them over).
+    pub fn tokens(&self) -> Result<Vec<([u8; 32], TokenRecord)>> {
+        let t = match self.tx.open_table(TOKENS) {
+            Ok(t) => t,
+            Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(ix("opening tokens")(e)),
+        };
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(ix("listing tokens"))? {
+            let (k, v) = entry.map_err(ix("listing tokens"))?;
+            out.push((*k.value(), decode_json(v.value(), "token record")?));
+        }
+        Ok(out)
+    }
+}
+
 impl WriteTx {
     pub fn put_user(&mut self, r: &UserRecord) -> Result<()> {
         let mut t = self.tx.open_table(USERS).map_err(ix("opening users"))?;

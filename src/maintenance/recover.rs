@@ -47,6 +47,42 @@ pub struct RecoverReport {
     pub missing_chunks: u64,
     /// Where the previous index was moved, if there was one.
     pub old_index: Option<PathBuf>,
+    /// Users (with their token hashes) copied from the old index: they are recorded nowhere
+    /// else, so an index that cannot be read loses them (add them again with `tessera user`).
+    pub users_kept: u64,
+}
+
+/// Copies users and token hashes from the old index into the new one, when the old one still
+/// opens. Users live only in the index (they are not file data, and packs hold file data).
+fn carry_over_users(dir: &Path, w: &mut crate::index::WriteTx, report: &mut RecoverReport) {
+    let live = index_path(dir);
+    if !live.exists() {
+        return;
+    }
+    let copied = (|| -> Result<u64> {
+        let old = match Index::open_read_only(&live) {
+            Ok(i) => i,
+            // Not closed cleanly (the usual case after a crash): let redb repair it; it is
+            // about to be set aside anyway.
+            Err(crate::index::ReadOnlyOpen::NeedsRepair) => Index::open(&live)?,
+            Err(crate::index::ReadOnlyOpen::Failed(e)) => return Err(e),
+        };
+        let r = old.read()?;
+        let users = r.users()?;
+        for u in &users {
+            w.put_user(u)?;
+        }
+        for (hash, t) in r.tokens()? {
+            w.put_token(&hash, &t)?;
+        }
+        Ok(users.len() as u64)
+    })();
+    match copied {
+        Ok(n) => report.users_kept = n,
+        Err(e) => report
+            .problems
+            .push(format!("users and tokens of the old index are lost: {e}")),
+    }
 }
 
 // Held for the length of one recovery; the size difference does not matter.
@@ -237,6 +273,7 @@ pub fn recover(
         }
     }
     w.set_packs(&states)?;
+    carry_over_users(dir, &mut w, &mut report);
     let counters = w.counters()?;
     report.chunks = counters.chunks;
     report.files = counters.files;

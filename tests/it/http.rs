@@ -783,6 +783,14 @@ fn health_and_metrics() {
         .unwrap();
     s.get("/api/files/nope", Some(&s.alice)).send().unwrap();
 
+    // Even the router's own refusals are JSON errors.
+    let r = s.get("/no/such/route", None).send().unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(r), "not_found");
+    let r = s.http.put(format!("{}/healthz", s.url)).send().unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(error_code(r), "method_not_allowed");
+
     let r = s.get("/healthz", None).send().unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(json(r)["status"], "ok");

@@ -121,6 +121,9 @@ fn recover_over_an_existing_index_keeps_a_backup_and_cuts_a_torn_tail() {
     let t = TempStore::new();
     let store = t.create();
     populate(&store);
+    let (_, token) = store
+        .user_add("alice", tessera::users::NewUser::default())
+        .unwrap();
     let before = snapshot(&store);
     drop(store);
     let pack = t.path().join("packs/00000001.pack");
@@ -137,6 +140,9 @@ fn recover_over_an_existing_index_keeps_a_backup_and_cuts_a_torn_tail() {
     let store = t.open();
     assert_eq!(snapshot(&store), before);
     assert!(store.verify(&()).unwrap().is_ok());
+    // Users live only in the index: they come over from the old one, tokens still work.
+    assert_eq!(report.users_kept, 1);
+    assert_eq!(store.authenticate(&token).unwrap().unwrap().name, "alice");
 }
 
 #[test]
