@@ -1159,7 +1159,7 @@ impl PutCounts {
     }
 }
 
-fn io_to_error(e: io::Error) -> Error {
+pub(crate) fn io_to_error(e: io::Error) -> Error {
     // FileReader wraps engine errors in io::Error; unwrap them again.
     match e.downcast::<Error>() {
         Ok(inner) => inner,

@@ -13,6 +13,9 @@ use super::{AppState, blocking, bridge, metrics};
 use crate::id::FileId;
 use crate::store::VersionInfo;
 
+/// Responses up to this size are read in one piece rather than streamed.
+const SMALL: u64 = 256 * 1024;
+
 /// How a response may be cached.
 #[derive(Debug, Clone, Copy)]
 pub enum Cache {
@@ -266,6 +269,19 @@ pub async fn serve(
 
     let body = if method == Method::HEAD || start == end {
         Body::empty()
+    } else if end - start <= SMALL {
+        // Small: read it whole in one blocking call instead of setting up a stream.
+        let store = state.store.clone();
+        let (id, version) = (t.file, v.version);
+        let data = blocking(move || {
+            let mut r = store.get_version_range(id, version, start..end)?;
+            let mut buf = Vec::with_capacity((end - start) as usize);
+            std::io::Read::read_to_end(&mut r, &mut buf).map_err(crate::store::io_to_error)?;
+            Ok(buf)
+        })
+        .await?;
+        metrics::download_started(end - start);
+        Body::from(data)
     } else {
         let store = state.store.clone();
         let (id, version) = (t.file, v.version);

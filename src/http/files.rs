@@ -347,11 +347,22 @@ pub async fn get(
     params: Result<Query<GetParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let file = readable(&state, caller.as_ref(), &raw).await?;
+    let id = parse_id(&raw)?;
     let store = state.store.clone();
-    let id = file.id;
-    let version = p.version.unwrap_or(file.version);
-    let info = blocking(move || store.version_info(id, version)).await?;
+    // One trip to the blocking pool for both lookups: small downloads are dominated by hops.
+    let (file, info) = blocking(move || {
+        let file = store.stat(id)?;
+        let info = store.version_info(id, p.version.unwrap_or(file.version));
+        Ok((file, info))
+    })
+    .await?;
+    if !can_read(caller.as_ref(), &file) {
+        return Err(match caller {
+            None => ApiError::unauthorized(),
+            Some(_) => ApiError::not_found("file"),
+        });
+    }
+    let info = info?;
     let cache = match (file.public, p.version.is_some()) {
         (true, true) => Cache::Immutable,
         (true, false) => Cache::Public,

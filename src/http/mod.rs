@@ -213,7 +213,14 @@ impl Server {
             self.state.settings.uploads.sweep_interval,
         ));
         let app = router(self.state);
-        let served = axum::serve(self.listener, app)
+        // Without TCP_NODELAY a response written as headers then body waits for the client's
+        // delayed ACK (Nagle): 40 ms per small download.
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
+        let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
             .ctx(|| "serving HTTP".into());

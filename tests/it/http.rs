@@ -965,3 +965,98 @@ fn two_gib_up_and_down_keeps_the_server_under_256_mib() {
     );
     assert!(peak < 256 << 20, "server peak RSS {} MiB", peak >> 20);
 }
+
+#[test]
+fn first_start_prints_an_admin_token_once_and_user_add_prints_only_a_token() {
+    use std::io::BufRead;
+    const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+    let tmp = TempStore::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let serve = || {
+        std::process::Command::new(BIN)
+            .arg("--store")
+            .arg(tmp.path())
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = serve();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let token = first
+        .trim()
+        .strip_prefix("admin token: ")
+        .unwrap_or_else(|| panic!("first line: {first:?}"))
+        .to_string();
+    let client = Client::new();
+    let url = format!("http://127.0.0.1:{port}/api/admin/storage/stats");
+    let mut status = None;
+    for _ in 0..200 {
+        if let Ok(r) = client.get(&url).bearer_auth(&token).send() {
+            status = Some(r.status());
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        status,
+        Some(StatusCode::OK),
+        "the printed token must be an admin's"
+    );
+
+    // A second start prints no token: there is a user already.
+    let mut child = serve();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut rest = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut rest)
+        .unwrap();
+    assert!(!rest.contains("token"), "second start printed {rest:?}");
+
+    let out = std::process::Command::new(BIN)
+        .arg("--store")
+        .arg(tmp.path())
+        .args(["user", "add", "carol", "--tier", "pro", "--org", "acme"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(printed.lines().count(), 1);
+    assert!(
+        printed.starts_with("tsr_") && printed.trim().len() == 47,
+        "{printed:?}"
+    );
+    let out = std::process::Command::new(BIN)
+        .arg("--store")
+        .arg(tmp.path())
+        .args(["--json", "user", "add", "dave", "--admin"])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["user"]["name"], "dave");
+    assert_eq!(v["user"]["admin"], true);
+    assert!(v["token"].as_str().unwrap().starts_with("tsr_"));
+    let out = std::process::Command::new(BIN)
+        .arg("--store")
+        .arg(tmp.path())
+        .args(["user", "add", "carol"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a taken name must be refused");
+}
