@@ -72,3 +72,53 @@ pub fn pump(mut source: impl Read + Send + 'static) -> mpsc::Receiver<io::Result
     });
     rx
 }
+
+/// Most of an unread request body the server reads and discards after an error answer.
+const DRAIN_LIMIT: usize = 4 << 20;
+/// How long it waits for that.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Middleware: when a handler answers with an error without reading the whole request body
+/// (401 from the headers alone, 415, 412...), read and discard what is left of the body — up to
+/// [`DRAIN_LIMIT`] bytes within [`DRAIN_TIME`] — before answering. Closing a socket that still
+/// holds unread data makes the kernel send a reset, and a client that is still writing its body
+/// then reports a broken connection instead of the answer. Bodies above the limit (an oversize
+/// upload) are not drained: the connection is closed as before.
+pub async fn drain_on_error(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use futures_util::StreamExt;
+    use std::sync::Arc;
+
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > DRAIN_LIMIT) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let shared = Arc::new(tokio::sync::Mutex::new(body.into_data_stream()));
+    let for_handler = shared.clone();
+    let stream = futures_util::stream::unfold(for_handler, |s| async move {
+        let item = s.lock().await.next().await;
+        item.map(|i| (i, s))
+    });
+    let req = axum::extract::Request::from_parts(parts, axum::body::Body::from_stream(stream));
+    let resp = next.run(req).await;
+    if resp.status().is_client_error() || resp.status().is_server_error() {
+        let drain = async {
+            let mut left = DRAIN_LIMIT;
+            let mut s = shared.lock().await;
+            while let Some(Ok(b)) = s.next().await {
+                left = left.saturating_sub(b.len());
+                if left == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_TIME, drain).await;
+    }
+    resp
+}

@@ -102,6 +102,7 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .with_state(state)
+        .layer(axum::middleware::from_fn(bridge::drain_on_error))
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(PropagateRequestIdLayer::new(id.clone()))
         .layer(TraceLayer::new_for_http())

@@ -481,9 +481,13 @@ fn tokens_and_ownership_are_enforced() {
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let r = s.get("/api/files", None).send().unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    // Refused from the headers alone; the body is drained so the client reads the answer.
     let r = s.upload(
         "garbage",
-        Form::new().part("f", Part::bytes(b"x".to_vec()).file_name("x.txt")),
+        Form::new().part(
+            "f",
+            Part::bytes(random_bytes(6, 300_000)).file_name("x.txt"),
+        ),
     );
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
 
