@@ -49,6 +49,10 @@ pub(crate) enum Change {
     },
     Delete(FileId),
     Undelete(FileId),
+    /// Remove a soft-deleted file for good, if it was deleted at or before `deleted_before`.
+    Purge { id: FileId, deleted_before: i64 },
+    /// Remove one version (never the latest) for good.
+    DropVersion { id: FileId, version: u32 },
 }
 
 struct Job {
@@ -129,6 +133,8 @@ enum Prepared {
         rows: HashMap<ChunkId, ChunkRow>,
     },
     Event(FileEvent),
+    /// A purge or dropped version: the file as it was before, for the reply.
+    Removal(FileEvent, FileInfo),
     /// Nothing to do (deleting a deleted file); reply with the file as it is.
     Nothing(FileId),
 }
@@ -261,6 +267,52 @@ fn prepare(w: &WriteTx, now: i64, change: Change) -> Result<Prepared> {
                 None => Prepared::Nothing(id),
             })
         }
+        Change::Purge { id, deleted_before } => {
+            let f = w
+                .file(id)?
+                .ok_or_else(|| Error::not_found(format!("file {id}")))?;
+            if f.deleted_ms.is_none_or(|d| d > deleted_before) {
+                return Err(Error::InvalidInput(format!(
+                    "file {id} is not deleted, or was deleted too recently to purge"
+                )));
+            }
+            let info = current_info(w, &f)?;
+            let manifests = w
+                .versions(id)?
+                .iter()
+                .map(|v| (v.manifest.pack, v.manifest.offset))
+                .collect();
+            Ok(Prepared::Removal(
+                FileEvent::Purge {
+                    file_id: id,
+                    at_ms: now,
+                    manifests,
+                },
+                info,
+            ))
+        }
+        Change::DropVersion { id, version } => {
+            let f = w
+                .file(id)?
+                .ok_or_else(|| Error::not_found(format!("file {id}")))?;
+            if version == f.latest {
+                return Err(Error::InvalidInput(format!(
+                    "version {version} is the latest of file {id}"
+                )));
+            }
+            let v = w
+                .version(id, version)?
+                .ok_or_else(|| Error::not_found(format!("version {version} of file {id}")))?;
+            Ok(Prepared::Removal(
+                FileEvent::DropVersion {
+                    file_id: id,
+                    version,
+                    at_ms: now,
+                    manifest: (v.manifest.pack, v.manifest.offset),
+                },
+                FileInfo::new(&f, &v.meta),
+            ))
+        }
     }
 }
 
@@ -294,6 +346,12 @@ fn apply(
                 .apply_event(&event)?
                 .expect("delete and undelete change a file");
             current_info(w, &file)
+        }
+        Prepared::Removal(event, info) => {
+            let loc = append(inner, RecordKind::Event, &event.encode(), 0)?;
+            appended.push(loc);
+            w.apply_event(&event)?;
+            Ok(info)
         }
         Prepared::Nothing(id) => {
             let file = w
