@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, FileId};
 use crate::index::{ChunkRow, FileRecord, WriteTx};
-use crate::pack::Location;
+use crate::pack::{Location, Packs};
 use crate::pack::manifest::{ChunkRef, FileEvent, Manifest, VersionMeta};
 use crate::pack::record::{self, RecordKind};
 use crate::store::{FileInfo, Inner};
@@ -157,7 +157,7 @@ fn commit_group(inner: &Inner, batch: Vec<Job>) {
             continue;
         }
         // Checks first: a change that cannot apply fails alone, before anything is written.
-        let prepared = match prepare(&w, now, job.change) {
+        let prepared = match prepare(&w, &inner.packs, now, job.change) {
             Ok(p) => p,
             Err(e) => {
                 let _ = job.reply.send(Err(e));
@@ -197,7 +197,7 @@ fn fail_all(replies: impl Iterator<Item = Sender<Result<FileInfo>>>, e: &Error) 
     }
 }
 
-fn prepare(w: &WriteTx, now: i64, change: Change) -> Result<Prepared> {
+fn prepare(w: &WriteTx, packs: &Packs, now: i64, change: Change) -> Result<Prepared> {
     match change {
         Change::Version {
             target,
@@ -233,7 +233,13 @@ fn prepare(w: &WriteTx, now: i64, change: Change) -> Result<Prepared> {
             }
             let mut checked = HashSet::new();
             for c in &chunks {
-                if checked.insert(c.id) && !rows.contains_key(&c.id) && w.chunk(&c.id)?.is_none() {
+                // A chunk the index lost meanwhile is fine only if this put wrote (or shared)
+                // it and its pack is still there (compaction removes packs no put in flight
+                // writes to, but a shared row may come from an older put that failed).
+                if checked.insert(c.id)
+                    && w.chunk(&c.id)?.is_none()
+                    && rows.get(&c.id).is_none_or(|r| !packs.has(r.loc.pack))
+                {
                     return Err(Error::Corrupt {
                         location: "index".into(),
                         detail: "a chunk of the new version is not stored".into(),
