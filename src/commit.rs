@@ -19,9 +19,9 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, FileId};
 use crate::index::{ChunkRow, FileRecord, WriteTx};
-use crate::pack::{Location, Packs};
 use crate::pack::manifest::{ChunkRef, FileEvent, Manifest, VersionMeta};
 use crate::pack::record::{self, RecordKind};
+use crate::pack::{Location, Packs};
 use crate::store::{FileInfo, Inner};
 
 /// Most changes committed in one index transaction.
@@ -50,9 +50,15 @@ pub(crate) enum Change {
     Delete(FileId),
     Undelete(FileId),
     /// Remove a soft-deleted file for good, if it was deleted at or before `deleted_before`.
-    Purge { id: FileId, deleted_before: i64 },
+    Purge {
+        id: FileId,
+        deleted_before: i64,
+    },
     /// Remove one version (never the latest) for good.
-    DropVersion { id: FileId, version: u32 },
+    DropVersion {
+        id: FileId,
+        version: u32,
+    },
 }
 
 struct Job {

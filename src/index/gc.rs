@@ -83,8 +83,7 @@ macro_rules! gc_lookups {
                         Ok(t) => {
                             for entry in t.iter().map_err(ix("dumping"))? {
                                 let (k, v) = entry.map_err(ix("dumping"))?;
-                                let _ =
-                                    writeln!(out, "{} {:?} {:?}", $name, k.value(), v.value());
+                                let _ = writeln!(out, "{} {:?} {:?}", $name, k.value(), v.value());
                             }
                         }
                         Err(TableError::TableDoesNotExist(_)) => {}

@@ -178,9 +178,9 @@ impl Store {
             dry_run: opts.dry_run,
             ..Default::default()
         };
-        sweep(inner, opts, &mut report)?;
+        let projected = sweep(inner, opts, &mut report)?;
         if opts.compact {
-            compact(inner, opts, &mut report)?;
+            compact(inner, opts, &projected, &mut report)?;
         }
         Ok(report)
     }
@@ -319,11 +319,9 @@ impl Store {
                             let vs = r.versions(*id)?;
                             (vs.len() as u64, vs.iter().map(|v| v.meta.size).sum(), *id)
                         }
-                        Change::DropVersion { id, version } => (
-                            1,
-                            r.version(*id, *version)?.map_or(0, |v| v.meta.size),
-                            *id,
-                        ),
+                        Change::DropVersion { id, version } => {
+                            (1, r.version(*id, *version)?.map_or(0, |v| v.meta.size), *id)
+                        }
                         _ => (0, 0, FileId(0)),
                     });
                 }
@@ -344,7 +342,9 @@ impl Store {
 
 // ------------------------------------------------------------------ sweep
 
-fn sweep(inner: &Inner, opts: &GcOptions, report: &mut GcReport) -> Result<()> {
+/// Sweeps; a dry run returns the garbage per pack the sweep would have added.
+fn sweep(inner: &Inner, opts: &GcOptions, report: &mut GcReport) -> Result<HashMap<u32, u64>> {
+    let mut projected: HashMap<u32, u64> = HashMap::new();
     let cutoff = inner.config.clock.now_ms() - opts.grace.as_millis() as i64;
     let mut after: Option<ChunkId> = None;
     loop {
@@ -373,6 +373,7 @@ fn sweep(inner: &Inner, opts: &GcOptions, report: &mut GcReport) -> Result<()> {
                 } else if let Some(row) = r.chunk(id)?.filter(|row| row.refs == 0) {
                     report.swept_chunks += 1;
                     report.swept_bytes += row.loc.len as u64;
+                    *projected.entry(row.loc.pack).or_default() += row.loc.len as u64;
                 }
             }
             continue;
@@ -399,16 +400,24 @@ fn sweep(inner: &Inner, opts: &GcOptions, report: &mut GcReport) -> Result<()> {
             report.swept_chunks += swept;
         }
     }
-    Ok(())
+    Ok(projected)
 }
 
 // ------------------------------------------------------------------ compaction
 
-fn compact(inner: &Inner, opts: &GcOptions, report: &mut GcReport) -> Result<()> {
+fn compact(
+    inner: &Inner,
+    opts: &GcOptions,
+    projected: &HashMap<u32, u64>,
+    report: &mut GcReport,
+) -> Result<()> {
     let r = inner.index.read()?;
     let states: HashMap<u32, u64> = r.packs()?.into_iter().map(|s| (s.id, s.len)).collect();
-    let mut chosen: Vec<u32> = r
-        .pack_garbage()?
+    let mut garbage: HashMap<u32, u64> = r.pack_garbage()?.into_iter().collect();
+    for (id, bytes) in projected {
+        *garbage.entry(*id).or_default() += bytes;
+    }
+    let mut chosen: Vec<u32> = garbage
         .into_iter()
         .filter(|&(id, garbage)| {
             let len = states.get(&id).copied().unwrap_or(0);
@@ -482,9 +491,7 @@ fn compact_pack(inner: &Inner, id: u32, report: &mut GcReport) -> Result<()> {
         // Chunks are copied as they are (after a check); a live chunk that fails it is left
         // behind, and the pack with it: deleting it would lose what verify can still name.
         if let Err(e) = record::decode_payload_into(&header, stored, &mut plain) {
-            report
-                .problems
-                .push(format!("pack {id} at {offset}: {e}"));
+            report.problems.push(format!("pack {id} at {offset}: {e}"));
             return Ok(());
         }
         let live = match header.kind {
@@ -497,7 +504,8 @@ fn compact_pack(inner: &Inner, id: u32, report: &mut GcReport) -> Result<()> {
             RecordKind::Manifest => live_manifest(&w, &plain, from)?,
             RecordKind::Event => live_event(&w, inner, id, &plain)?.then_some(Live::Event),
             RecordKind::Moved => {
-                let m = Moved::decode(&plain).map_err(|e| Error::corrupt(format!("pack {id}"), e))?;
+                let m =
+                    Moved::decode(&plain).map_err(|e| Error::corrupt(format!("pack {id}"), e))?;
                 match m.kind {
                     RecordKind::Manifest => live_manifest(&w, m.plain, from)?,
                     _ => live_event(&w, inner, id, m.plain)?.then_some(Live::Event),
@@ -559,8 +567,7 @@ fn compact_pack(inner: &Inner, id: u32, report: &mut GcReport) -> Result<()> {
 fn live_manifest(w: &WriteTx, plain: &[u8], at: Location) -> Result<Option<Live>> {
     let m = Manifest::decode(plain).map_err(|e| Error::corrupt(format!("pack {}", at.pack), e))?;
     let (file, version) = (m.meta.file_id, m.meta.version);
-    Ok(w
-        .version(file, version)?
+    Ok(w.version(file, version)?
         .filter(|v| v.manifest == at)
         .map(|_| Live::Manifest(file, version)))
 }
