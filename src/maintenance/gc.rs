@@ -214,7 +214,7 @@ impl Store {
             }
             Ok(changes)
         })
-        .and_then(|results| {
+        .map(|results| {
             for (removed, ok) in results {
                 if ok {
                     report.files += 1;
@@ -224,7 +224,7 @@ impl Store {
                     report.skipped += 1;
                 }
             }
-            Ok(report)
+            report
         })
     }
 

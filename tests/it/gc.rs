@@ -46,8 +46,11 @@ fn put(store: &Store, data: &[u8], key: &str) -> FileId {
     store.put(data, &PutOptions::key(key)).expect("put").file.id
 }
 
+/// Per file: deleted?, and (version, content) of every version.
+type Snapshot = BTreeMap<FileId, (bool, Vec<(u32, Vec<u8>)>)>;
+
 /// Every file (deleted ones too) with its flags and the content of every version.
-fn snapshot(store: &Store) -> BTreeMap<FileId, (bool, Vec<(u32, Vec<u8>)>)> {
+fn snapshot(store: &Store) -> Snapshot {
     let mut out = BTreeMap::new();
     let mut q = ListQuery {
         include_deleted: true,
