@@ -34,6 +34,9 @@ pub struct RecoverReport {
     pub files: u64,
     pub versions: u64,
     pub events: u64,
+    /// Delete/undelete events of files that no longer exist (purged; left behind by
+    /// compaction). Harmless.
+    pub stale_events: u64,
     /// Records skipped because their commit had failed.
     pub revoked: u64,
     /// `(pack, bytes)` of torn tails that were cut off.
@@ -286,6 +289,14 @@ pub fn recover(
             }
             Op::Event(e) => match w.apply_event(e) {
                 Ok(_) => report.events += 1,
+                // Compaction drops a purged file's manifests and purge event but may leave a
+                // moved delete/undelete of it behind (in a pack below the threshold): the file
+                // is gone either way.
+                Err(Error::NotFound { .. })
+                    if matches!(e, FileEvent::Delete { .. } | FileEvent::Undelete { .. }) =>
+                {
+                    report.stale_events += 1
+                }
                 Err(err) => report.problems.push(format!("event {e:?}: {err}")),
             },
         }

@@ -324,6 +324,8 @@ fn racing_puts_never_lose_a_chunk_to_the_collector() {
     let pool = Arc::new(pool);
     let stop = Arc::new(AtomicBool::new(false));
     let committed: Arc<Mutex<Vec<(FileId, usize)>>> = Arc::default();
+    // (chunks swept, packs compacted, pinned chunks skipped) while the puts ran.
+    let gc_work: Mutex<(u64, u64, u64)> = Mutex::default();
     let no_grace = GcOptions {
         grace: Duration::ZERO,
         batch: 16,
@@ -346,10 +348,14 @@ fn racing_puts_never_lose_a_chunk_to_the_collector() {
         }
         // The collector, in a loop.
         {
-            let (store, stop, no_grace) = (&store, &stop, &no_grace);
+            let (store, stop, no_grace, work) = (&store, &stop, &no_grace, &gc_work);
             s.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    store.gc(no_grace).unwrap();
+                    let r = store.gc(no_grace).unwrap();
+                    let mut w = work.lock().unwrap();
+                    w.0 += r.swept_chunks;
+                    w.1 += r.packs_compacted.len() as u64;
+                    w.2 += r.pinned;
                 }
             });
         }
@@ -383,6 +389,12 @@ fn racing_puts_never_lose_a_chunk_to_the_collector() {
         stop.store(true, Ordering::Relaxed);
     });
 
+    let (swept, compacted, pinned) = *gc_work.lock().unwrap();
+    assert!(
+        swept > 0 && compacted > 0,
+        "the collector had nothing to race: {swept} {compacted}"
+    );
+    eprintln!("raced: {swept} chunks swept, {compacted} packs compacted, {pinned} pins honoured");
     let committed = committed.lock().unwrap().clone();
     assert_eq!(committed.len(), 18);
     for (id, which) in &committed {
