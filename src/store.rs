@@ -679,6 +679,9 @@ impl Store {
         }
         let known = r.packs()?;
         drop(r);
+        if !read_only {
+            index.ensure_zero_refs(config.clock.now_ms())?;
+        }
         let storage = match storage {
             Some(s) => s,
             None => Arc::new(

@@ -46,6 +46,16 @@ macro_rules! gc_lookups {
             Ok(out)
         }
 
+        /// Whether the index has the collector's `zero_refs` table (older indexes get it on
+        /// their first read-write open).
+        pub fn has_zero_refs(&self) -> Result<bool> {
+            match self.tx.open_table(ZERO_REFS) {
+                Ok(_) => Ok(true),
+                Err(TableError::TableDoesNotExist(_)) => Ok(false),
+                Err(e) => Err(ix("opening zero refs")(e)),
+            }
+        }
+
         /// When the chunk's reference count reached zero, if it is zero.
         pub fn zero_since(&self, id: &ChunkId) -> Result<Option<i64>> {
             let t = match self.tx.open_table(ZERO_REFS) {
@@ -112,6 +122,33 @@ macro_rules! gc_lookups {
 
 impl ReadTx {
     gc_lookups!();
+}
+
+impl super::Index {
+    /// Indexes made before the collector have no `zero_refs`: fills it from the chunks with no
+    /// references (stamped `now_ms`), in one transaction, on the first read-write open.
+    pub fn ensure_zero_refs(&self, now_ms: i64) -> Result<()> {
+        match self.read()?.tx.open_table(ZERO_REFS) {
+            Ok(_) => return Ok(()),
+            Err(TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(ix("opening zero refs")(e)),
+        }
+        let w = self.write()?;
+        {
+            let chunks = w.tx.open_table(CHUNKS).map_err(ix("opening chunks"))?;
+            let mut zero =
+                w.tx.open_table(ZERO_REFS)
+                    .map_err(ix("opening zero refs"))?;
+            for entry in chunks.iter().map_err(ix("listing chunks"))? {
+                let (k, v) = entry.map_err(ix("listing chunks"))?;
+                if ChunkRow::decode(v.value()).refs == 0 {
+                    zero.insert(k.value(), now_ms)
+                        .map_err(ix("writing zero refs"))?;
+                }
+            }
+        }
+        w.commit()
+    }
 }
 
 impl WriteTx {
