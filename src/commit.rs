@@ -19,9 +19,9 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, FileId};
 use crate::index::{ChunkRow, FileRecord, WriteTx};
-use crate::pack::Location;
 use crate::pack::manifest::{ChunkRef, FileEvent, Manifest, VersionMeta};
 use crate::pack::record::{self, RecordKind};
+use crate::pack::{Location, Packs};
 use crate::store::{FileInfo, Inner};
 
 /// Most changes committed in one index transaction.
@@ -49,6 +49,16 @@ pub(crate) enum Change {
     },
     Delete(FileId),
     Undelete(FileId),
+    /// Remove a soft-deleted file for good, if it was deleted at or before `deleted_before`.
+    Purge {
+        id: FileId,
+        deleted_before: i64,
+    },
+    /// Remove one version (never the latest) for good.
+    DropVersion {
+        id: FileId,
+        version: u32,
+    },
 }
 
 struct Job {
@@ -129,6 +139,8 @@ enum Prepared {
         rows: HashMap<ChunkId, ChunkRow>,
     },
     Event(FileEvent),
+    /// A purge or dropped version: the file as it was before, for the reply.
+    Removal(FileEvent, FileInfo),
     /// Nothing to do (deleting a deleted file); reply with the file as it is.
     Nothing(FileId),
 }
@@ -151,7 +163,7 @@ fn commit_group(inner: &Inner, batch: Vec<Job>) {
             continue;
         }
         // Checks first: a change that cannot apply fails alone, before anything is written.
-        let prepared = match prepare(&w, now, job.change) {
+        let prepared = match prepare(&w, &inner.packs, now, job.change) {
             Ok(p) => p,
             Err(e) => {
                 let _ = job.reply.send(Err(e));
@@ -191,7 +203,7 @@ fn fail_all(replies: impl Iterator<Item = Sender<Result<FileInfo>>>, e: &Error) 
     }
 }
 
-fn prepare(w: &WriteTx, now: i64, change: Change) -> Result<Prepared> {
+fn prepare(w: &WriteTx, packs: &Packs, now: i64, change: Change) -> Result<Prepared> {
     match change {
         Change::Version {
             target,
@@ -227,7 +239,13 @@ fn prepare(w: &WriteTx, now: i64, change: Change) -> Result<Prepared> {
             }
             let mut checked = HashSet::new();
             for c in &chunks {
-                if checked.insert(c.id) && !rows.contains_key(&c.id) && w.chunk(&c.id)?.is_none() {
+                // A chunk the index lost meanwhile is fine only if this put wrote (or shared)
+                // it and its pack is still there (compaction removes packs no put in flight
+                // writes to, but a shared row may come from an older put that failed).
+                if checked.insert(c.id)
+                    && w.chunk(&c.id)?.is_none()
+                    && rows.get(&c.id).is_none_or(|r| !packs.has(r.loc.pack))
+                {
                     return Err(Error::Corrupt {
                         location: "index".into(),
                         detail: "a chunk of the new version is not stored".into(),
@@ -260,6 +278,52 @@ fn prepare(w: &WriteTx, now: i64, change: Change) -> Result<Prepared> {
                 }),
                 None => Prepared::Nothing(id),
             })
+        }
+        Change::Purge { id, deleted_before } => {
+            let f = w
+                .file(id)?
+                .ok_or_else(|| Error::not_found(format!("file {id}")))?;
+            if f.deleted_ms.is_none_or(|d| d > deleted_before) {
+                return Err(Error::InvalidInput(format!(
+                    "file {id} is not deleted, or was deleted too recently to purge"
+                )));
+            }
+            let info = current_info(w, &f)?;
+            let manifests = w
+                .versions(id)?
+                .iter()
+                .map(|v| (v.manifest.pack, v.manifest.offset))
+                .collect();
+            Ok(Prepared::Removal(
+                FileEvent::Purge {
+                    file_id: id,
+                    at_ms: now,
+                    manifests,
+                },
+                info,
+            ))
+        }
+        Change::DropVersion { id, version } => {
+            let f = w
+                .file(id)?
+                .ok_or_else(|| Error::not_found(format!("file {id}")))?;
+            if version == f.latest {
+                return Err(Error::InvalidInput(format!(
+                    "version {version} is the latest of file {id}"
+                )));
+            }
+            let v = w
+                .version(id, version)?
+                .ok_or_else(|| Error::not_found(format!("version {version} of file {id}")))?;
+            Ok(Prepared::Removal(
+                FileEvent::DropVersion {
+                    file_id: id,
+                    version,
+                    at_ms: now,
+                    manifest: (v.manifest.pack, v.manifest.offset),
+                },
+                FileInfo::new(&f, &v.meta),
+            ))
         }
     }
 }
@@ -294,6 +358,12 @@ fn apply(
                 .apply_event(&event)?
                 .expect("delete and undelete change a file");
             current_info(w, &file)
+        }
+        Prepared::Removal(event, info) => {
+            let loc = append(inner, RecordKind::Event, &event.encode(), 0)?;
+            appended.push(loc);
+            w.apply_event(&event)?;
+            Ok(info)
         }
         Prepared::Nothing(id) => {
             let file = w

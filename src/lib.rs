@@ -51,6 +51,7 @@ pub mod validate;
 pub use chunking::ChunkParams;
 pub use error::{Error, Result};
 pub use id::{ChunkId, FileId};
+pub use maintenance::gc::{GcOptions, GcReport, PurgeReport};
 pub use maintenance::progress::Progress;
 pub use maintenance::recover::{RecoverReport, recover};
 pub use maintenance::verify::VerifyReport;

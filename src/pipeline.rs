@@ -122,13 +122,46 @@ pub(crate) type Slot = Arc<OnceLock<Option<ChunkRow>>>;
 
 /// The chunks a put claimed (and wrote); released when the put ends. After a commit the index
 /// has them; after a failure the next writer claims them anew.
+///
+/// Claims also hold the put's GC pins (see `maintenance::gc::GcPins`): every chunk the put
+/// references is pinned before it is looked up, and the lowest pack it may write to is
+/// registered before its first snapshot, so neither the sweep nor compaction can take away
+/// what the put's commit will reference.
 pub(crate) struct Claims<'s> {
     inner: &'s Inner,
     mine: Mutex<Vec<ChunkId>>,
+    pinned: Mutex<Vec<ChunkId>>,
+    /// Sweep generation when the put started (before any of its snapshots).
+    generation: u64,
+    start_pack: u32,
+}
+
+impl<'s> Claims<'s> {
+    fn new(inner: &'s Inner) -> Self {
+        let (generation, start_pack) = inner.gc_pins.begin_put(&inner.packs);
+        Claims {
+            inner,
+            mine: Mutex::new(Vec::new()),
+            pinned: Mutex::new(Vec::new()),
+            generation,
+            start_pack,
+        }
+    }
+
+    /// Pins `id` for the rest of the put. Returns true when a sweep has committed since the
+    /// put's snapshots were taken, so they may still show a chunk that is gone: look it up
+    /// afresh.
+    fn pin(&self, id: &ChunkId) -> bool {
+        self.pinned.lock().unwrap().push(*id);
+        self.inner.gc_pins.pin(id) != self.generation
+    }
 }
 
 impl Drop for Claims<'_> {
     fn drop(&mut self) {
+        self.inner
+            .gc_pins
+            .end_put(self.start_pack, self.pinned.get_mut().unwrap());
         let mine = self.mine.get_mut().unwrap();
         if mine.is_empty() {
             return;
@@ -181,7 +214,17 @@ impl<'s> ChunkWriter<'s> {
             id,
             len: data.len() as u32,
         };
-        if self.rows.lock().unwrap().contains_key(&id) || snapshot.chunk(&id)?.is_some() {
+        if self.rows.lock().unwrap().contains_key(&id) {
+            return Ok(r);
+        }
+        // Pin before the lookup: a chunk seen in the index stays there until the commit.
+        let stale = self.claims.pin(&id);
+        let known = if stale {
+            self.inner.index.read()?.chunk(&id)?
+        } else {
+            snapshot.chunk(&id)?
+        };
+        if known.is_some() {
             return Ok(r);
         }
         loop {
@@ -308,10 +351,7 @@ impl Digests {
 
 /// Reads `source` to the end and stores its chunks. Nothing is committed here.
 pub(crate) fn ingest<'s>(inner: &'s Inner, source: impl Read) -> Result<Ingested<'s>> {
-    let claims = Claims {
-        inner,
-        mine: Mutex::new(Vec::new()),
-    };
+    let claims = Claims::new(inner);
     let params = inner.identity.chunking;
     let mut chunker = params.chunker(source);
     let first = chunker.next().transpose().map_err(input_error)?;

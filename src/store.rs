@@ -359,6 +359,8 @@ pub(crate) struct Inner {
     /// Bytes of chunk data in put pipelines, capped.
     pub in_flight: Arc<InFlight>,
     pub committer: Committer,
+    /// What puts in flight need kept: pinned chunks, the packs they write to.
+    pub gc_pins: crate::maintenance::gc::GcPins,
     /// Upload sessions being written to right now (one writer per session).
     pub upload_writers: crate::upload::Writers,
     /// Opened with `open_read_only`.
@@ -677,6 +679,9 @@ impl Store {
         }
         let known = r.packs()?;
         drop(r);
+        if !read_only {
+            index.ensure_zero_refs(config.clock.now_ms())?;
+        }
         let storage = match storage {
             Some(s) => s,
             None => Arc::new(
@@ -704,6 +709,7 @@ impl Store {
                 touched: Mutex::new(HashMap::new()),
                 in_flight,
                 committer: Committer::new(),
+                gc_pins: Default::default(),
                 upload_writers: Default::default(),
                 read_only,
                 _lock: lock,
@@ -727,6 +733,12 @@ impl Store {
     /// What opening the store found (truncated tails, missing packs).
     pub fn open_report(&self) -> &OpenReport {
         &self.inner.open_report
+    }
+
+    /// Every row of every index table as text (tests compare it across dry runs).
+    #[doc(hidden)]
+    pub fn debug_index_dump(&self) -> Result<String> {
+        self.inner.index.read()?.dump()
     }
 
     pub(crate) fn inner(&self) -> &Inner {
@@ -1072,7 +1084,18 @@ impl Store {
 
     /// Reads and checks the chunk at `loc`, which must be `id`.
     pub(crate) fn read_chunk(&self, id: &ChunkId, loc: Location, buf: &mut Vec<u8>) -> Result<()> {
-        let header = self.inner.packs.read_into(loc, buf).map_err(|e| match e {
+        let header = self.inner.packs.read_into(loc, buf);
+        if header.is_err() && !self.inner.packs.has(loc.pack) {
+            // Compaction may have moved the chunk (and removed its pack) since the reader
+            // looked it up: ask the index again, once.
+            if let Some(row) = self.inner.index.read()?.chunk(id)?
+                && row.loc != loc
+                && self.inner.packs.has(row.loc.pack)
+            {
+                return self.read_chunk(id, row.loc, buf);
+            }
+        }
+        let header = header.map_err(|e| match e {
             Error::Corrupt {
                 location, detail, ..
             } => Error::Corrupt {

@@ -7,6 +7,7 @@
 //! access times and counters, which recovery recomputes, and upload sessions (`uploads.rs`),
 //! staging state that recovery drops.
 
+mod gc;
 mod schema;
 mod uploads;
 mod users;
@@ -150,6 +151,8 @@ impl Index {
             tx.open_table(CHUNKS).map_err(ix("creating tables"))?;
             tx.open_table(PACKS).map_err(ix("creating tables"))?;
             tx.open_table(UPLOADS).map_err(ix("creating tables"))?;
+            tx.open_table(ZERO_REFS).map_err(ix("creating tables"))?;
+            tx.open_table(PACK_GARBAGE).map_err(ix("creating tables"))?;
         }
         w.commit()?;
         Ok(index)
@@ -512,6 +515,11 @@ impl WriteTx {
         t.insert(&id.0, &row.encode())
             .map_err(ix("writing a chunk"))?;
         drop(t);
+        // Referenced again: no longer a candidate for the collector. This runs in the same
+        // transaction as the sweep's re-check would, so the two cannot interleave.
+        if row.refs > 0 && existing.is_some_and(|r| r.refs == 0) {
+            self.unmark_zero(id)?;
+        }
         if new {
             self.add_counter("chunks", 1)?;
             self.add_counter("chunk_raw_bytes", row.raw_len as i64)?;
@@ -684,6 +692,21 @@ impl WriteTx {
             FileEvent::Delete { file_id, at_ms } => (file_id, Some(at_ms)),
             FileEvent::Undelete { file_id, .. } => (file_id, None),
             FileEvent::Revoke { .. } => return Ok(None),
+            FileEvent::Purge { file_id, at_ms, .. } => {
+                // A replayed purge may find the file gone already (its manifests were
+                // compacted away before the event was): nothing to do.
+                self.remove_file(file_id, at_ms)?;
+                return Ok(None);
+            }
+            FileEvent::DropVersion {
+                file_id,
+                version,
+                at_ms,
+                ..
+            } => {
+                self.remove_version(file_id, version, at_ms)?;
+                return Ok(None);
+            }
         };
         let mut f = self
             .file(id)?

@@ -39,6 +39,13 @@ pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 /// SHA-256 of a bearer token → `TokenRecord` (JSON). The token itself is never stored.
 pub const TOKENS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tokens");
 
+/// Chunk id → ms when its reference count last reached zero: the collector's candidates
+/// (docs/design.md, "Garbage collection"). A chunk is here exactly when its `refs` is zero.
+pub const ZERO_REFS: TableDefinition<&[u8; 32], i64> = TableDefinition::new("zero_refs");
+/// Pack id → bytes of records in the pack that nothing needs any more (swept chunks, manifests
+/// of purged versions): what compaction would reclaim.
+pub const PACK_GARBAGE: TableDefinition<u32, u64> = TableDefinition::new("pack_garbage");
+
 pub const CHUNK_ROW_LEN: usize = 32;
 pub const PACK_ROW_LEN: usize = 9;
 

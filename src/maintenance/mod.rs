@@ -2,6 +2,7 @@
 //! damage; `recover` rebuilds the index from the packs. (GC, purge, expiry and the scheduler
 //! will live here too: only maintenance ever deletes data.)
 
+pub mod gc;
 pub mod progress;
 pub mod recover;
 pub mod verify;

@@ -34,6 +34,9 @@ pub struct RecoverReport {
     pub files: u64,
     pub versions: u64,
     pub events: u64,
+    /// Delete/undelete events of files that no longer exist (purged; left behind by
+    /// compaction). Harmless.
+    pub stale_events: u64,
     /// Records skipped because their commit had failed.
     pub revoked: u64,
     /// `(pack, bytes)` of torn tails that were cut off.
@@ -108,7 +111,8 @@ pub fn recover(
 
     let ids = storage.list().ctx(|| "listing packs".into())?;
     let mut rows: HashMap<ChunkId, ChunkRow> = HashMap::new();
-    let mut ops: Vec<(Location, Op)> = Vec::new();
+    // (original position = commit order, where the record is now, what it says).
+    let mut ops: Vec<((u32, u64), Location, Op)> = Vec::new();
     let mut revoked: HashSet<(u32, u64)> = HashSet::new();
     let mut states = Vec::new();
     let mut plain = Vec::new();
@@ -175,21 +179,40 @@ pub fn recover(
                                 refs: 0,
                             });
                         }
-                        RecordKind::Manifest => match Manifest::decode(&plain) {
-                            Ok(m) => ops.push((loc, Op::Version(m))),
-                            Err(e) => report
-                                .problems
-                                .push(format!("manifest in pack {id} at {offset}: {e}")),
-                        },
-                        RecordKind::Event => match FileEvent::decode(&plain) {
-                            Ok(FileEvent::Revoke { pack, offset }) => {
-                                revoked.insert((pack, offset));
+                        RecordKind::Manifest | RecordKind::Event | RecordKind::Moved => {
+                            // A moved record replays at its original position.
+                            let (kind, body, at) = if header.kind == RecordKind::Moved {
+                                match record::Moved::decode(&plain) {
+                                    Ok(m) => (m.kind, m.plain, (m.orig_pack, m.orig_offset)),
+                                    Err(e) => {
+                                        report
+                                            .problems
+                                            .push(format!("record in pack {id} at {offset}: {e}"));
+                                        continue;
+                                    }
+                                }
+                            } else {
+                                (header.kind, &plain[..], (loc.pack, loc.offset))
+                            };
+                            if kind == RecordKind::Manifest {
+                                match Manifest::decode(body) {
+                                    Ok(m) => ops.push((at, loc, Op::Version(m))),
+                                    Err(e) => report
+                                        .problems
+                                        .push(format!("manifest in pack {id} at {offset}: {e}")),
+                                }
+                            } else {
+                                match FileEvent::decode(body) {
+                                    Ok(FileEvent::Revoke { pack, offset }) => {
+                                        revoked.insert((pack, offset));
+                                    }
+                                    Ok(e) => ops.push((at, loc, Op::Event(e))),
+                                    Err(e) => report
+                                        .problems
+                                        .push(format!("event in pack {id} at {offset}: {e}")),
+                                }
                             }
-                            Ok(e) => ops.push((loc, Op::Event(e))),
-                            Err(e) => report
-                                .problems
-                                .push(format!("event in pack {id} at {offset}: {e}")),
-                        },
+                        }
                     }
                 }
                 ScanItem::Damage {
@@ -239,10 +262,15 @@ pub fn recover(
     let index = Index::create(&building)?;
     let mut w = index.write()?;
     w.set_meta("store_id", identity.store_id.as_bytes())?;
+    // Commit order; a record found both where it was written and as a compaction's copy (a
+    // crash before the old pack was deleted) is replayed once.
+    ops.sort_by_key(|(at, _, _)| *at);
+    ops.dedup_by_key(|(at, _, _)| *at);
     progress.start("rebuilding the index (records)", ops.len() as u64);
-    for (loc, op) in &ops {
+    let now = config.clock.now_ms();
+    for (at, loc, op) in &ops {
         progress.advance(1);
-        if revoked.contains(&(loc.pack, loc.offset)) {
+        if revoked.contains(at) {
             report.revoked += 1;
             continue;
         }
@@ -261,6 +289,14 @@ pub fn recover(
             }
             Op::Event(e) => match w.apply_event(e) {
                 Ok(_) => report.events += 1,
+                // Compaction drops a purged file's manifests and purge event but may leave a
+                // moved delete/undelete of it behind (in a pack below the threshold): the file
+                // is gone either way.
+                Err(Error::NotFound { .. })
+                    if matches!(e, FileEvent::Delete { .. } | FileEvent::Undelete { .. }) =>
+                {
+                    report.stale_events += 1
+                }
                 Err(err) => report.problems.push(format!("event {e:?}: {err}")),
             },
         }
@@ -270,6 +306,7 @@ pub fn recover(
     for (id, row) in &rows {
         if w.chunk(id)?.is_none() {
             w.add_chunk_refs(id, *row, 0)?;
+            w.mark_zero(id, now)?;
         }
     }
     w.set_packs(&states)?;

@@ -233,8 +233,8 @@ impl Store {
                 ));
             }
             let manifest_ok = match seen.get(&(v.manifest.pack, v.manifest.offset)) {
-                Some(Seen::Ok { kind: RecordKind::Manifest, .. }) => match inner.packs.read(v.manifest) {
-                    Ok((_, plain)) => match Manifest::decode(&plain) {
+                Some(Seen::Ok { kind: RecordKind::Manifest | RecordKind::Moved, .. }) => match inner.packs.read(v.manifest) {
+                    Ok((h, plain)) => match manifest_payload(h.kind, &plain).and_then(Manifest::decode) {
                         Ok(m) if m.meta == v.meta && m.chunks == chunks => Ok(()),
                         Ok(_) => Err("the manifest disagrees with the index".to_string()),
                         Err(e) => Err(e),
@@ -263,8 +263,14 @@ impl Store {
             }
         }
 
-        // 4. Reference counts.
+        // 4. Reference counts, and the collector's candidates: exactly the unreferenced chunks.
+        let check_zero = r.has_zero_refs()?;
         for (id, recorded) in &recorded_refs {
+            if check_zero && (*recorded == 0) != r.zero_since(id)?.is_some() {
+                report.problems.push(format!(
+                    "chunk {id}: {recorded} references, but the collector's table disagrees"
+                ));
+            }
             let counted = counted_refs.get(id).copied().unwrap_or(0);
             if counted != *recorded {
                 report.problems.push(format!(
@@ -276,5 +282,18 @@ impl Store {
         damaged.sort_by(|a, b| (a.pack, a.offset, &a.chunk).cmp(&(b.pack, b.offset, &b.chunk)));
         report.damaged_chunks = damaged;
         Ok(report)
+    }
+}
+
+/// The manifest payload of a record at a version's manifest location: the record itself, or
+/// the manifest a compaction moved.
+fn manifest_payload(kind: RecordKind, plain: &[u8]) -> std::result::Result<&[u8], String> {
+    match kind {
+        RecordKind::Manifest => Ok(plain),
+        RecordKind::Moved => match record::Moved::decode(plain)? {
+            m if m.kind == RecordKind::Manifest => Ok(m.plain),
+            _ => Err("the index points at a moved record that is not a manifest".into()),
+        },
+        _ => Err("the index points at a record that is not a manifest".into()),
     }
 }

@@ -137,6 +137,24 @@ pub enum FileEvent {
     /// The index commit for the manifest or event record at (`pack`, `offset`) failed after
     /// the record was written: it never happened, and replay must skip it.
     Revoke { pack: u32, offset: u64 },
+    /// The file and all its versions are gone for good (a purge of a soft-deleted file):
+    /// replay removes them and releases their chunk references. `manifests` are the original
+    /// positions `(pack, offset)` of the purged versions' manifests; while any of those packs
+    /// exists, compaction keeps this event (replay would resurrect the versions without it).
+    Purge {
+        file_id: FileId,
+        at_ms: i64,
+        #[serde(default)]
+        manifests: Vec<(u32, u64)>,
+    },
+    /// One version is gone for good (retention). `manifest` is the original position of its
+    /// manifest, with the same role as in `Purge`.
+    DropVersion {
+        file_id: FileId,
+        version: u32,
+        at_ms: i64,
+        manifest: (u32, u64),
+    },
 }
 
 impl FileEvent {

@@ -493,6 +493,60 @@ impl Packs {
         Ok(Arc::new(buf))
     }
 
+    /// The lowest pack id any append from now on can land in: the active pack, or the next
+    /// one to be created. Compaction never takes a pack at or above what a put in flight saw
+    /// here when it started (see `maintenance::gc`).
+    pub fn lowest_writable(&self) -> u32 {
+        let w = self.writer.lock().unwrap();
+        w.active.as_ref().map_or(w.next_id, |a| a.id)
+    }
+
+    /// The pack appended to now, if any.
+    pub fn active(&self) -> Option<u32> {
+        let id = self.active_id.load(Ordering::Acquire);
+        (id != u32::MAX).then_some(id)
+    }
+
+    /// Seals the active pack if it is `id`: the next append starts a new pack. (Compaction
+    /// seals a pack before it rewrites it.)
+    pub fn seal(&self, id: u32) {
+        let mut w = self.writer.lock().unwrap();
+        if w.active.as_ref().is_some_and(|a| a.id == id) {
+            let old = w.active.take().expect("checked");
+            w.unsynced.insert(old.id, (old.file.clone(), old.len, true));
+            self.active_id.store(u32::MAX, Ordering::Release);
+        }
+    }
+
+    /// Whether pack `id` is open (exists and was not removed).
+    pub fn has(&self, id: u32) -> bool {
+        self.files.read().unwrap().contains_key(&id)
+    }
+
+    /// Ids of all open packs, ascending.
+    pub fn ids(&self) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.files.read().unwrap().keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Deletes a sealed pack that the committed index no longer references (compaction only).
+    pub fn remove(&self, id: u32) -> Result<()> {
+        {
+            let mut w = self.writer.lock().unwrap();
+            if w.active.as_ref().is_some_and(|a| a.id == id) {
+                return Err(Error::InvalidInput(format!("pack {id} is active")));
+            }
+            w.unsynced.remove(&id);
+            w.dirty.remove(&id);
+        }
+        self.maps.write().unwrap().remove(&id);
+        self.files.write().unwrap().remove(&id);
+        self.storage
+            .remove(id)
+            .ctx(|| format!("removing {}", self.storage.describe(id)))
+    }
+
     pub fn store_id(&self) -> u128 {
         self.store_id
     }

@@ -27,8 +27,50 @@ pub enum RecordKind {
     Chunk = 1,
     /// One file version: metadata and its ordered chunk list (see `pack::manifest`).
     Manifest = 2,
-    /// A change to a file that is not a new version (delete, undelete).
+    /// A change to a file that is not a new version (delete, undelete, purge, ...).
     Event = 3,
+    /// A manifest or event that compaction copied out of a pack it rewrote: its original
+    /// position (which orders its replay) and the original record's kind and plain payload
+    /// (see [`Moved`]).
+    Moved = 4,
+}
+
+/// The payload of a [`RecordKind::Moved`] record:
+/// `orig_pack u32 | orig_offset u64 | kind u8 | plain payload of the original record`, LE.
+///
+/// Replay orders manifests and events by their position in commit order; a copy appended
+/// later would otherwise be replayed out of order (a version after the purge of its file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Moved<'a> {
+    pub orig_pack: u32,
+    pub orig_offset: u64,
+    pub kind: RecordKind,
+    pub plain: &'a [u8],
+}
+
+impl<'a> Moved<'a> {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.orig_pack.to_le_bytes());
+        out.extend_from_slice(&self.orig_offset.to_le_bytes());
+        out.push(self.kind as u8);
+        out.extend_from_slice(self.plain);
+    }
+
+    pub fn decode(buf: &'a [u8]) -> Result<Self, String> {
+        if buf.len() < 13 {
+            return Err("moved record shorter than its header".into());
+        }
+        let kind = match RecordKind::from_u8(buf[12]) {
+            Some(k @ (RecordKind::Manifest | RecordKind::Event)) => k,
+            _ => return Err(format!("moved record of kind {}", buf[12])),
+        };
+        Ok(Moved {
+            orig_pack: u32::from_le_bytes(buf[0..4].try_into().unwrap()),
+            orig_offset: u64::from_le_bytes(buf[4..12].try_into().unwrap()),
+            kind,
+            plain: &buf[13..],
+        })
+    }
 }
 
 impl RecordKind {
@@ -37,6 +79,7 @@ impl RecordKind {
             1 => Some(RecordKind::Chunk),
             2 => Some(RecordKind::Manifest),
             3 => Some(RecordKind::Event),
+            4 => Some(RecordKind::Moved),
             _ => None,
         }
     }

@@ -792,3 +792,33 @@ fn put_refuses_content_that_contradicts_its_name_in_one_line() {
         assert_eq!(f["file"]["mime"], "text/x-rust", "{f}");
     }
 }
+
+#[test]
+fn purge_and_gc_reclaim_space_and_dry_runs_do_not() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    std::fs::write(cli.path("a.bin"), crate::common::random_bytes(7, 300_000)).unwrap();
+    cli.ok(&["put", "a.bin"]);
+    cli.ok(&["rm", "a.bin"]);
+    let pack_bytes = |cli: &Cli| cli.json(&["stats"])["pack_bytes"].as_u64().unwrap();
+    // Within the default 30 days nothing is purged.
+    assert_eq!(cli.json(&["purge"])["files"], 0);
+    let dry = cli.json(&["purge", "--older-than", "0s", "--dry-run"]);
+    assert_eq!(
+        (dry["files"].as_u64(), dry["dry_run"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert_eq!(cli.json(&["purge", "--older-than", "0s"])["files"], 1);
+    let full = pack_bytes(&cli);
+    assert!(full > 300_000, "{full}");
+    let dry = cli.json(&["gc", "--grace", "0s", "--dry-run"]);
+    assert!(dry["swept_chunks"].as_u64().unwrap() > 0, "{dry}");
+    assert_eq!(pack_bytes(&cli), full);
+    let gc = cli.json(&["gc", "--grace", "0s"]);
+    assert!(
+        !gc["packs_compacted"].as_array().unwrap().is_empty(),
+        "{gc}"
+    );
+    assert!(pack_bytes(&cli) < 1000, "{}", pack_bytes(&cli));
+    cli.ok(&["verify"]);
+}

@@ -44,6 +44,18 @@ fn parse_ack(line: &str) -> Ack {
 
 #[test]
 fn sigkill_at_random_moments_never_loses_an_acknowledged_put() {
+    crash_rounds(&[], kills());
+}
+
+/// The same with the collector at work: a thread of the child puts, deletes and purges files
+/// that share content with the acknowledged ones and runs GC and compaction without grace, so
+/// kills land inside sweeps and pack rewrites (at least 30 of them).
+#[test]
+fn sigkill_during_gc_and_compaction_never_loses_an_acknowledged_put() {
+    crash_rounds(&["--gc"], (kills() * 3 / 5).max(30));
+}
+
+fn crash_rounds(extra: &[&str], kills: u32) {
     let t = TempStore::new();
     let seed: u64 = std::env::var("TESSERA_CRASH_SEED")
         .ok()
@@ -54,7 +66,7 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_put() {
     // (key, version) -> (blake3, size), for every put that returned in some child.
     let mut acked: HashMap<(String, u32), (String, u64)> = HashMap::new();
 
-    for round in 0..kills() {
+    for round in 0..kills {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
             .arg("--store")
             .arg(t.path())
@@ -67,6 +79,7 @@ fn sigkill_at_random_moments_never_loses_an_acknowledged_put() {
                 "--seed",
             ])
             .arg((seed ^ round as u64).to_string())
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

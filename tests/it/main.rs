@@ -6,6 +6,7 @@ mod core;
 mod crash;
 mod damage;
 mod faults;
+mod gc;
 mod http;
 mod pipeline;
 mod recover;

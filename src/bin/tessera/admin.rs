@@ -214,3 +214,84 @@ pub fn recover(ctx: &Ctx) -> CmdResult {
     ctx.ui.print(out.join("\n"))?;
     Ok(Status::Ok)
 }
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GcArgs {
+    /// Report what would be done; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long a chunk stays unreferenced before it is swept.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub grace: std::time::Duration,
+    /// Garbage share of a pack (0..1) at which it is rewritten.
+    #[arg(long, default_value_t = 0.2)]
+    pub threshold: f64,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PurgeArgs {
+    /// Report what would be done; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Purge files deleted at least this long ago.
+    #[arg(long, default_value = "30d", value_parser = parse_duration)]
+    pub older_than: std::time::Duration,
+}
+
+pub fn gc(ctx: &Ctx, args: &GcArgs) -> CmdResult {
+    let store = Store::open(&ctx.store_dir, ctx.config())?;
+    warn_open_report(ctx, &store);
+    let r = store.gc(&tessera::GcOptions {
+        grace: args.grace,
+        compact_threshold: args.threshold,
+        dry_run: args.dry_run,
+        ..Default::default()
+    })?;
+    if ctx.ui.json {
+        ctx.ui.emit_json(&r)?;
+        return Ok(Status::Ok);
+    }
+    let would = if r.dry_run { " (dry run)" } else { "" };
+    ctx.ui.print(ui::fields(&[
+        ("unreferenced chunks", r.candidates.to_string()),
+        ("within grace", r.young.to_string()),
+        ("in use by puts", r.pinned.to_string()),
+        (
+            "swept",
+            format!(
+                "{} chunks, {}{would}",
+                r.swept_chunks,
+                ui::size(r.swept_bytes)
+            ),
+        ),
+        ("packs compacted", format!("{:?}{would}", r.packs_compacted)),
+        ("packs busy", format!("{:?}", r.packs_busy)),
+        ("bytes reclaimed", ui::size(r.bytes_reclaimed)),
+    ]))?;
+    for p in &r.problems {
+        ctx.ui.print(format!("problem: {p}"))?;
+    }
+    Ok(Status::Ok)
+}
+
+pub fn purge(ctx: &Ctx, args: &PurgeArgs) -> CmdResult {
+    let store = Store::open(&ctx.store_dir, ctx.config())?;
+    warn_open_report(ctx, &store);
+    let r = store.purge_deleted(args.older_than, args.dry_run)?;
+    if ctx.ui.json {
+        ctx.ui.emit_json(&r)?;
+        return Ok(Status::Ok);
+    }
+    let would = if r.dry_run { " (dry run)" } else { "" };
+    ctx.ui.print(ui::fields(&[
+        ("files purged", format!("{}{would}", r.files)),
+        ("versions", r.versions.to_string()),
+        ("bytes", ui::size(r.bytes)),
+        ("skipped", r.skipped.to_string()),
+    ]))?;
+    Ok(Status::Ok)
+}

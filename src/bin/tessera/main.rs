@@ -94,6 +94,11 @@ enum Cmd {
     Stats,
     /// Re-read and re-hash everything; exit 3 when anything is damaged.
     Verify,
+    /// Collect garbage: sweep chunks unreferenced for longer than the grace period, then
+    /// rewrite packs whose garbage share passes the threshold.
+    Gc(admin::GcArgs),
+    /// Remove for good the files deleted longer ago than --older-than.
+    Purge(admin::PurgeArgs),
     /// Rebuild the index from the pack files (the store must not be in use).
     Recover,
     /// Run the HTTP service on the store.
@@ -284,6 +289,8 @@ fn main() -> ExitCode {
         Cmd::Restore(a) => files::restore(&ctx, a),
         Cmd::Stats => admin::stats(&ctx),
         Cmd::Verify => admin::verify(&ctx),
+        Cmd::Gc(args) => admin::gc(&ctx, &args),
+        Cmd::Purge(args) => admin::purge(&ctx, &args),
         Cmd::Recover => admin::recover(&ctx),
         Cmd::Serve(a) => serve::serve(&ctx, a),
         Cmd::User(c) => serve::user(&ctx, c),

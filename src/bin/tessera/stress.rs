@@ -27,6 +27,10 @@ pub struct StressArgs {
     /// Files are 0 to BYTES-1 bytes long.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = clap::value_parser!(u64).range(1..))]
     max_size: u64,
+    /// Also run the collector: a thread puts, deletes and purges files sharing content with
+    /// the acknowledged ones and runs GC (no grace) with compaction, in a loop.
+    #[arg(long)]
+    gc: bool,
 }
 
 /// The key of the XOF that makes file `i` of `thread`.
@@ -60,6 +64,36 @@ pub fn content(seed: u64, thread: u32, i: u64, max_size: u64, prev: Option<&[u8]
 
 pub fn run(ctx: &Ctx, a: StressArgs) -> CmdResult {
     let store = Store::open_or_create(&ctx.store_dir, ctx.config())?;
+    if a.gc {
+        let store = store.clone();
+        let owner = ctx.owner.clone();
+        let (seed, max_size) = (a.seed, a.max_size);
+        std::thread::spawn(move || {
+            let no_grace = tessera::GcOptions {
+                grace: std::time::Duration::ZERO,
+                batch: 16,
+                ..Default::default()
+            };
+            for n in 0u64.. {
+                // A cycle of twelve contents of its own: each is freed by the purge, then put
+                // again a few rounds later, deduplicating against chunks being swept.
+                let data = content(seed, 1000, n % 12, max_size, None);
+                let opts = PutOptions {
+                    owner: owner.clone(),
+                    ..PutOptions::key("gc-tmp")
+                };
+                let step = store
+                    .put(&data[..], &opts)
+                    .and_then(|r| store.delete(r.file.id))
+                    .and_then(|_| store.purge_deleted(std::time::Duration::ZERO, false))
+                    .and_then(|_| store.gc(&no_grace));
+                if let Err(e) = step {
+                    eprintln!("ERR gc {e}");
+                    std::process::exit(1);
+                }
+            }
+        });
+    }
     let handles: Vec<_> = (0..a.threads)
         .map(|t| {
             let store = store.clone();
