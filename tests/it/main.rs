@@ -9,6 +9,7 @@ mod faults;
 mod http;
 mod pipeline;
 mod recover;
+mod scan;
 mod tus;
 mod upload;
 mod validation;
