@@ -278,6 +278,16 @@ pub struct VersionInfo {
     pub created_ms: i64,
     pub restored_from: Option<u32>,
     pub current: bool,
+    /// This version's virus scan (an infected version is never served to users, even when a
+    /// later clean version lifted the file's quarantine).
+    pub scan: Option<ScanStamp>,
+}
+
+impl VersionInfo {
+    /// The scanner found this content infected.
+    pub fn infected(&self) -> bool {
+        matches!(self.scan, Some(ScanStamp::Infected { .. }))
+    }
 }
 
 impl VersionInfo {
@@ -292,6 +302,7 @@ impl VersionInfo {
             created_ms: v.created_ms,
             restored_from: v.restored_from,
             current: v.version == latest,
+            scan: v.scan,
         }
     }
 }

@@ -377,6 +377,9 @@ pub async fn get(
         });
     }
     let info = info?;
+    if info.infected() && !caller.as_ref().is_some_and(|u| u.admin) {
+        return Err(ApiError::not_found("file"));
+    }
     let cache = match (file.public, p.version.is_some()) {
         (true, true) => Cache::Immutable,
         (true, false) => Cache::Public,
@@ -527,7 +530,7 @@ pub async fn signed(
         Ok((file, info))
     })
     .await?;
-    if file.deleted || file.quarantined {
+    if file.deleted || file.quarantined || info.infected() {
         return Err(ApiError::not_found("file"));
     }
     download::serve(

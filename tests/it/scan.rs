@@ -495,6 +495,35 @@ fn http_infected_is_422_with_the_signature_and_hidden_from_users() {
             .unwrap()
             .starts_with("ClamAV ")
     );
+    // A clean new version lifts the file's quarantine, but the infected version stays
+    // unreadable for users.
+    let keyed = |data: &[u8]| {
+        svc.upload(
+            &svc.alice,
+            Form::new()
+                .text("key", "docs/k.txt")
+                .part("file", Part::bytes(data.to_vec()).file_name("k.txt")),
+        )
+    };
+    assert_eq!(keyed(EICAR).status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let r = keyed(b"fine now\n");
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let v: Value = r.json().unwrap();
+    let f = &v["files"][0]["file"];
+    assert_eq!(
+        (f["version"].as_u64(), f["quarantined"].as_bool()),
+        (Some(2), Some(false))
+    );
+    let id = f["id"].as_str().unwrap();
+    let get = |q: &str, token: &str| {
+        svc.get(&format!("/api/files/{id}{q}"), Some(token))
+            .send()
+            .unwrap()
+            .status()
+    };
+    assert_eq!(get("", &svc.alice), StatusCode::OK);
+    assert_eq!(get("?version=1", &svc.alice), StatusCode::NOT_FOUND);
+    assert_eq!(get("?version=1", &svc.admin), StatusCode::OK);
 }
 
 #[test]
@@ -572,4 +601,27 @@ fn base64_of(data: &[u8]) -> String {
         }
     }
     out
+}
+
+#[test]
+fn quarantine_follows_the_content_across_versions_and_restores() {
+    let fake = Arc::new(FakeScanner::detecting(b"EVIL", "Fake.Evil"));
+    let tmp = TempStore::new();
+    let store = store_with(&tmp, ScanConfig::new(fake));
+    let opts = PutOptions::key("docs/a.txt");
+    let (id, sig) = infected(store.put(&b"an EVIL file"[..], &opts));
+    assert_eq!(sig, "Fake.Evil");
+    assert!(store.stat(id).unwrap().quarantined);
+    let v2 = store.put(&b"a good file"[..], &opts).unwrap();
+    assert_eq!((v2.file.id, v2.file.version), (id, 2));
+    assert!(!v2.file.quarantined);
+    let versions = store.versions(id).unwrap();
+    assert!(versions[0].infected() && !versions[1].infected());
+    // Restoring the infected version quarantines the file again; restoring the clean one
+    // lifts it.
+    let f = store.restore(id, 1).unwrap();
+    assert!(f.quarantined, "{f:?}");
+    let f = store.restore(id, 2).unwrap();
+    assert!(!f.quarantined, "{f:?}");
+    assert_verifies(&store);
 }
