@@ -625,3 +625,54 @@ fn quarantine_follows_the_content_across_versions_and_restores() {
     assert!(!f.quarantined, "{f:?}");
     assert_verifies(&store);
 }
+
+#[test]
+fn cli_put_of_eicar_fails_with_the_signature_and_quarantine_ls_lists_it() {
+    use std::process::Command;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let config = tmp.path().join("tessera.toml");
+    std::fs::write(&config, format!("[scan]\nclamd = \"{}\"\n", clamd_tcp())).unwrap();
+    std::fs::write(tmp.path().join("eicar.txt"), EICAR).unwrap();
+    std::fs::write(tmp.path().join("notes.txt"), b"plain words\n").unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("--store")
+            .arg(&store)
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .current_dir(tmp.path())
+            .env_remove("TESSERA_STORE")
+            .env_remove("TESSERA_OWNER")
+            .env_remove("TESSERA_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["put", "notes.txt"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["put", "eicar.txt"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(EICAR_SIG), "{err}");
+
+    let out = run(&["--json", "quarantine", "ls"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files = v["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{v}");
+    assert_eq!(files[0]["display_name"], "eicar.txt");
+    assert_eq!(files[0]["scan"]["signature"], EICAR_SIG);
+    let out = run(&["quarantine", "ls"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("[infected: {EICAR_SIG}]")), "{text}");
+    assert!(!text.contains("notes.txt"), "{text}");
+}
