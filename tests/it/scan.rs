@@ -676,3 +676,109 @@ fn cli_put_of_eicar_fails_with_the_signature_and_quarantine_ls_lists_it() {
     assert!(text.contains(&format!("[infected: {EICAR_SIG}]")), "{text}");
     assert!(!text.contains("notes.txt"), "{text}");
 }
+
+/// A private clamd (tests/clamd/start.sh), killed with SIGKILL while a put streams to it.
+#[test]
+fn clamd_killed_mid_upload_fails_closed_and_stores_nothing() {
+    use std::io::Read;
+    use std::process::Command;
+
+    struct Private {
+        dir: String,
+    }
+    impl Drop for Private {
+        fn drop(&mut self) {
+            let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clamd/stop.sh"))
+                .env("TESSERA_CLAMD_DIR", &self.dir)
+                .status();
+        }
+    }
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clamd/start.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "a second clamd did not start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let vars: std::collections::HashMap<String, String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let private = Private {
+        dir: vars["TESSERA_CLAMD_DIR"].clone(),
+    };
+    let pid: i32 = std::fs::read_to_string(format!("{}/clamd.pid", private.dir))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let addr: ClamdAddress = vars["TESSERA_CLAMD"].parse().unwrap();
+
+    /// Yields `data`, killing clamd once `at` bytes were read.
+    struct KillAt<'a> {
+        data: &'a [u8],
+        pos: usize,
+        at: usize,
+        pid: i32,
+        killed: bool,
+    }
+    impl Read for KillAt<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.pos >= self.at && !self.killed {
+                self.killed = true;
+                let pid = self.pid.to_string();
+                assert!(
+                    Command::new("kill")
+                        .args(["-KILL", &pid])
+                        .status()
+                        .unwrap()
+                        .success()
+                );
+                while Command::new("kill")
+                    .args(["-0", &pid])
+                    .status()
+                    .unwrap()
+                    .success()
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+            let n = buf.len().min(self.data.len() - self.pos).min(64 * 1024);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    let tmp = TempStore::new();
+    let store = store_with(&tmp, ScanConfig::new(clamd(addr)));
+    put(&store, "before.txt", b"scanned while clamd was up\n").unwrap();
+    let before = counts(&store.stats().unwrap());
+    let data = text_bytes(11, 8 << 20);
+    let mut source = KillAt {
+        data: &data,
+        pos: 0,
+        at: 3 << 20,
+        pid,
+        killed: false,
+    };
+    let err = store
+        .put(
+            &mut source,
+            &PutOptions {
+                name: Some("during.txt".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    assert!(source.killed, "clamd was not killed");
+    assert!(matches!(err, Error::ScanUnavailable(_)), "{err}");
+    assert_eq!(counts(&store.stats().unwrap()), before);
+    assert_verifies(&store);
+    // And the next put finds nobody listening.
+    let err = put(&store, "after.txt", b"words\n").unwrap_err();
+    assert!(matches!(err, Error::ScanUnavailable(_)), "{err}");
+}
