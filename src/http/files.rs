@@ -556,8 +556,21 @@ pub async fn admin_stats(
 ) -> ApiResult<Response> {
     tracing::debug!(admin = %admin.name, "storage stats");
     let store = state.store.clone();
-    let (stats, users) = blocking(move || Ok((store.stats()?, store.user_count()?))).await?;
-    Ok(Json(json!({ "store": stats, "users": users })).into_response())
+    let (stats, users, scanner) =
+        blocking(move || Ok((store.stats()?, store.user_count()?, scanner_status(&store)))).await?;
+    let mut body = json!({ "store": stats, "users": users });
+    if let Some(s) = scanner {
+        body["scanner"] = s;
+    }
+    Ok(Json(body).into_response())
+}
+
+/// The virus scanner's version, or why it does not answer; `None` without scanning. Blocking.
+fn scanner_status(store: &crate::store::Store) -> Option<serde_json::Value> {
+    store.scan_config().map(|c| match c.scanner.version() {
+        Ok(v) => json!({ "status": "ok", "version": v }),
+        Err(e) => json!({ "status": "unavailable", "error": e.to_string() }),
+    })
 }
 
 /// `GET /api/admin/quarantine`: quarantined files of every owner (or `owner`'s), with the
@@ -586,14 +599,7 @@ pub async fn quarantine(
 /// (or why it does not answer: uploads it must scan are then refused, or stored unscanned).
 pub async fn healthz(State(state): State<AppState>) -> ApiResult<Response> {
     let store = state.store.clone();
-    let (stats, scanner) = blocking(move || {
-        let scanner = store.scan_config().map(|c| match c.scanner.version() {
-            Ok(v) => json!({ "status": "ok", "version": v }),
-            Err(e) => json!({ "status": "unavailable", "error": e.to_string() }),
-        });
-        Ok((store.stats()?, scanner))
-    })
-    .await?;
+    let (stats, scanner) = blocking(move || Ok((store.stats()?, scanner_status(&store)))).await?;
     let mut body = json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),

@@ -489,6 +489,18 @@ fn http_infected_is_422_with_the_signature_and_hidden_from_users() {
     assert_eq!(body["files"][0]["file"]["scan"]["status"], "clean");
     let h: Value = svc.get("/healthz", None).send().unwrap().json().unwrap();
     assert_eq!(h["scanner"]["status"], "ok", "{h}");
+    let st: Value = svc
+        .get("/api/admin/storage/stats", Some(&svc.admin))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(
+        st["scanner"]["version"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("ClamAV ")),
+        "{st}"
+    );
     assert!(
         h["scanner"]["version"]
             .as_str()
