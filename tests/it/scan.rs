@@ -794,3 +794,97 @@ fn clamd_killed_mid_upload_fails_closed_and_stores_nothing() {
     let err = put(&store, "after.txt", b"words\n").unwrap_err();
     assert!(matches!(err, Error::ScanUnavailable(_)), "{err}");
 }
+
+/// A TCP front for the test clamd that can be switched off: while down it closes every
+/// connection at once (a scanner that accepts and dies), while up it forwards to clamd.
+struct Switch {
+    addr: ClamdAddress,
+    up: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Switch {
+    fn new(target: ClamdAddress) -> Switch {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let ClamdAddress::Tcp(target) = target else {
+            panic!("TESSERA_CLAMD must be a TCP address")
+        };
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = ClamdAddress::Tcp(l.local_addr().unwrap().to_string());
+        let up = Arc::new(AtomicBool::new(false));
+        let flag = up.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(client) = conn else { continue };
+                if !flag.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let server = std::net::TcpStream::connect(&target).unwrap();
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (mut c, mut s) = (client, server);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c, &mut s);
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        Switch { addr, up }
+    }
+
+    fn set(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn tus_keeps_a_session_the_scanner_could_not_check_and_finishes_it_later() {
+    let switch = Switch::new(clamd_tcp());
+    let svc = Service::with(scanning(switch.addr.clone(), false));
+    let data = text_bytes(12, 300_000);
+    let meta = format!("filename {}", base64_of(b"later.txt"));
+    let r = svc
+        .http
+        .post(format!("{}/api/uploads", svc.url))
+        .bearer_auth(&svc.alice)
+        .header("Tus-Resumable", "1.0.0")
+        .header("Upload-Length", data.len().to_string())
+        .header("Upload-Metadata", meta)
+        .header("Content-Type", "application/offset+octet-stream")
+        .body(data.clone())
+        .send()
+        .unwrap();
+    let status = r.status();
+    let location = r
+        .headers()
+        .get("location")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body: Value = r.json().unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "scanner_unavailable");
+    assert_eq!(svc.store.stats().unwrap().files, 0);
+    // Nothing is lost: the session and its bytes are kept.
+    let sessions = svc.store.list_uploads(None).unwrap();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    let url = location.unwrap_or_else(|| format!("{}/api/uploads/{}", svc.url, sessions[0].id));
+    let head = || {
+        svc.http
+            .head(&url)
+            .bearer_auth(&svc.alice)
+            .header("Tus-Resumable", "1.0.0")
+            .send()
+            .unwrap()
+    };
+    assert_eq!(head().status(), StatusCode::SERVICE_UNAVAILABLE);
+    // clamd is back: the next HEAD stores it, scanned.
+    switch.set(true);
+    let r = head();
+    assert_eq!(r.status(), StatusCode::OK);
+    let id = r.headers()["tessera-file-id"].to_str().unwrap().to_string();
+    let f = svc.store.stat(id.parse().unwrap()).unwrap();
+    assert_eq!(f.scan, Some(ScanStamp::Clean));
+    assert_eq!(svc.store.read_all(f.id).unwrap(), data);
+}
