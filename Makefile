@@ -18,8 +18,8 @@ CARGO_FUZZ_VERSION ?= 0.13.2
 FUZZ := cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
 FUZZ_BUILD_FLAGS := -a
 
-.PHONY: test fmt fmt-check clippy build-minimal unit tus-deps fuzz-install fuzz-build fuzz-smoke \
-	fuzz-regressions fuzz-seeds bench
+.PHONY: test fmt fmt-check clippy build-minimal unit tus-deps clamd-check fuzz-install fuzz-build \
+	fuzz-smoke fuzz-regressions fuzz-seeds bench
 
 test: fmt-check clippy build-minimal unit fuzz-regressions fuzz-smoke
 	@echo "make test: all checks passed"
@@ -41,9 +41,20 @@ build-minimal:
 
 # `--all-targets` runs lib, bin, integration tests and the benches once each in test mode, but
 # not doctests: those need their own run. The tus test runs the reference client under Node.
-unit: tus-deps
-	$(CARGO) test --all-targets
+# The scan tests talk to a real clamd: tests/clamd/start.sh starts a private one (loopback,
+# custom signatures only) and prints TESSERA_CLAMD/TESSERA_CLAMD_UNIX for them; if it cannot,
+# it says why and the run fails. The trap stops clamd however the tests end.
+unit: tus-deps clamd-check
+	env=$$(tests/clamd/start.sh); eval "$$env"; \
+	  trap 'tests/clamd/stop.sh' EXIT; \
+	  $(CARGO) test --all-targets
 	$(CARGO) test --doc
+
+# clamd comes from Debian's clamav-daemon (.ci/run installs it when missing).
+clamd-check:
+	command -v clamd >/dev/null || test -x /usr/sbin/clamd || { \
+	  echo "clamd is missing: apt-get install -y clamav-daemon (the scan tests need a real clamd)" >&2; \
+	  exit 1; }
 
 # The Node harness of the tus test (tests/tus: tus-js-client, pinned by package-lock.json),
 # installed when node_modules is missing or older than the lock file.

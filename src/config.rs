@@ -15,6 +15,12 @@
 //! default_ttl = "1h"
 //! max_ttl = "7d"
 //!
+//! [scan]                                       # virus scanning; absent: no scanning
+//! clamd = "tcp://127.0.0.1:3310"               # or "unix:/run/clamav/clamd.ctl"
+//! fail_open = false                            # scanner down: refuse (503), or store unscanned
+//! categories = ["documents", "archives"]       # or ["all"]
+//! stream_max = "100MiB"                        # clamd's StreamMaxLength must be at least this
+//!
 //! [categories.images]                          # replaces the built-in category list
 //! extensions = ["jpg", "jpeg", "png"]
 //! mime_types = ["image/jpeg", "image/png"]
@@ -31,6 +37,9 @@ use bytesize::ByteSize;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
+use crate::scan::{
+    Clamd, ClamdAddress, DEFAULT_STREAM_MAX, ScanCategories, ScanConfig, Scanner, Timeouts,
+};
 use crate::store::Config;
 use crate::validate::{CategoryRule, Policy};
 
@@ -44,6 +53,76 @@ pub struct Settings {
     /// Upload categories. When present, replaces the built-in list (SPEC §2 defaults plus
     /// `other`) as a whole, so what is allowed is exactly what the file says.
     pub categories: Option<BTreeMap<String, CategoryRule>>,
+    /// Virus scanning with clamd. Absent: uploads are not scanned (`serve` warns about it).
+    pub scan: Option<ScanSettings>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScanSettings {
+    /// Where clamd listens: `tcp://HOST:PORT` or `unix:/PATH`. Default `tcp://127.0.0.1:3310`.
+    pub clamd: ClamdAddress,
+    /// When clamd is down, times out or fails: `false` (default) refuses the upload (503,
+    /// nothing stored); `true` stores it marked unscanned.
+    pub fail_open: bool,
+    /// Categories whose uploads are scanned, or `["all"]`. Default documents and archives.
+    pub categories: Vec<String>,
+    /// Longest stream sent to clamd; a larger file in a scanned category is refused (413).
+    /// clamd's `StreamMaxLength` must be at least this. Default 100 MiB.
+    pub stream_max: ByteSize,
+    /// Connecting to clamd. Default 5 s.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Each write to clamd, and PING/VERSION answers. Default 30 s.
+    #[serde(with = "duration")]
+    pub io_timeout: Duration,
+    /// The verdict after the last byte. Default 2 min.
+    #[serde(with = "duration")]
+    pub scan_timeout: Duration,
+}
+
+impl Default for ScanSettings {
+    fn default() -> Self {
+        let t = Timeouts::default();
+        ScanSettings {
+            clamd: ClamdAddress::Tcp("127.0.0.1:3310".into()),
+            fail_open: false,
+            categories: vec!["documents".into(), "archives".into()],
+            stream_max: ByteSize::b(DEFAULT_STREAM_MAX),
+            connect_timeout: t.connect,
+            io_timeout: t.io,
+            scan_timeout: t.scan,
+        }
+    }
+}
+
+impl ScanSettings {
+    /// The clamd client these settings describe.
+    pub fn clamd(&self) -> Clamd {
+        Clamd::new(
+            self.clamd.clone(),
+            Timeouts {
+                connect: self.connect_timeout,
+                io: self.io_timeout,
+                scan: self.scan_timeout,
+            },
+        )
+    }
+
+    /// The engine's scanning configuration, with `scanner` (normally [`ScanSettings::clamd`]).
+    pub fn scan_config(&self, scanner: Arc<dyn Scanner>) -> ScanConfig {
+        let categories = if self.categories.iter().any(|c| c == "all") {
+            ScanCategories::All
+        } else {
+            ScanCategories::Only(self.categories.iter().cloned().collect())
+        };
+        ScanConfig {
+            scanner,
+            fail_open: self.fail_open,
+            categories,
+            stream_max: self.stream_max.as_u64(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,7 +228,33 @@ impl Settings {
     }
 
     pub fn parse(text: &str) -> std::result::Result<Settings, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        let s: Settings = toml::from_str(text).map_err(|e| e.to_string())?;
+        s.check()?;
+        Ok(s)
+    }
+
+    /// Cross-section checks: scanned categories must exist.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if let Some(scan) = &self.scan {
+            let policy = self.policy();
+            for c in &scan.categories {
+                if c != "all" && !policy.categories.contains_key(c) {
+                    return Err(format!(
+                        "scan.categories names {c:?}, which is not a category (known: {}, or \"all\")",
+                        policy
+                            .categories
+                            .keys()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
+            if scan.stream_max.as_u64() == 0 {
+                return Err("scan.stream_max must be more than 0".into());
+            }
+        }
+        Ok(())
     }
 
     /// The validation policy these settings ask for.
@@ -169,6 +274,10 @@ impl Settings {
             max_upload: self.uploads.max_upload.as_u64(),
             upload_ttl: self.uploads.session_ttl,
             policy: Arc::new(self.policy()),
+            scan: self
+                .scan
+                .as_ref()
+                .map(|s| s.scan_config(Arc::new(s.clamd()))),
             ..Config::default()
         }
     }
@@ -220,5 +329,38 @@ mod tests {
         let err = Settings::parse("[server]\nlisen = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(err.contains("lisen"), "{err}");
         assert!(Settings::parse("[uploads]\nsession_ttl = \"soon\"\n").is_err());
+    }
+
+    #[test]
+    fn scan_section() {
+        assert!(Settings::default().scan.is_none());
+        assert!(Settings::default().store_config().scan.is_none());
+        let s = Settings::parse("[scan]\n").unwrap();
+        let scan = s.scan.as_ref().unwrap();
+        assert_eq!(scan.clamd, ClamdAddress::Tcp("127.0.0.1:3310".into()));
+        assert!(!scan.fail_open);
+        let c = s.store_config().scan.unwrap();
+        assert!(c.categories.covers("documents") && c.categories.covers("archives"));
+        assert!(!c.categories.covers("images"));
+        assert_eq!(c.stream_max, 100 << 20);
+
+        let s = Settings::parse(
+            "[scan]\nclamd = \"unix:/run/clamd.sock\"\nfail_open = true\ncategories = [\"all\"]\n\
+             stream_max = \"20MiB\"\nscan_timeout = \"5s\"\n",
+        )
+        .unwrap();
+        let c = s.store_config().scan.unwrap();
+        assert!(c.fail_open && c.categories.covers("images"));
+        assert_eq!(c.stream_max, 20 << 20);
+        assert_eq!(s.scan.unwrap().scan_timeout, Duration::from_secs(5));
+
+        for bad in [
+            "[scan]\nclamd = \"localhost:3310\"\n",
+            "[scan]\ncategories = [\"pictures\"]\n",
+            "[scan]\nfailopen = true\n",
+            "[scan]\nstream_max = 0\n",
+        ] {
+            assert!(Settings::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -96,6 +96,21 @@ pub enum Error {
     /// The object existed but has expired (an upload session past its expiry).
     #[error("expired: {what}")]
     Expired { what: String },
+
+    /// The virus scanner found `signature` in the content. The file was stored as `file`,
+    /// quarantined: it is kept but never served to users (see `scan`).
+    #[error(
+        "infected: the content matches the virus signature {signature}; file {file} is quarantined"
+    )]
+    Infected {
+        file: crate::id::FileId,
+        signature: String,
+    },
+
+    /// The virus scanner could not be reached, timed out or failed, and the store fails closed:
+    /// nothing was stored; retry later.
+    #[error("virus scanner unavailable, nothing was stored: {0}")]
+    ScanUnavailable(String),
 }
 
 impl Error {
@@ -156,6 +171,11 @@ impl Error {
             Error::ChecksumMismatch(m) => Error::ChecksumMismatch(m.clone()),
             Error::Busy(m) => Error::Busy(m.clone()),
             Error::Expired { what } => Error::Expired { what: what.clone() },
+            Error::Infected { file, signature } => Error::Infected {
+                file: *file,
+                signature: signature.clone(),
+            },
+            Error::ScanUnavailable(m) => Error::ScanUnavailable(m.clone()),
         }
     }
 

@@ -43,6 +43,7 @@ pub mod maintenance;
 pub mod pack;
 mod pipeline;
 mod reader;
+pub mod scan;
 pub mod store;
 pub mod upload;
 pub mod users;

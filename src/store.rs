@@ -37,6 +37,7 @@ use crate::pack::storage::{FsPackStorage, PackStorage, sync_dir};
 use crate::pack::{Location, OpenReport, Packs};
 use crate::pipeline::{self, InFlight};
 pub use crate::reader::FileReader;
+use crate::scan::{Outcome, ScanConfig, ScanGate, ScanStamp};
 use crate::validate::{self, Guarded, Policy};
 
 /// Format of `store.json`.
@@ -74,6 +75,10 @@ pub struct Config {
     /// What each category accepts; every put is checked against it (default: the SPEC's
     /// categories plus `other`, see [`Policy::default`]).
     pub policy: Arc<Policy>,
+    /// Virus scanning of puts (default: none). When set, every put in a scanned category
+    /// streams its content to the scanner as the pipeline reads it and commits only with a
+    /// verdict (see [`crate::scan`]).
+    pub scan: Option<ScanConfig>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -88,6 +93,7 @@ impl Default for Config {
             max_upload: 5 << 30,
             upload_ttl: std::time::Duration::from_secs(24 * 60 * 60),
             policy: Arc::new(Policy::default()),
+            scan: None,
             clock: Arc::new(SystemClock),
         }
     }
@@ -103,6 +109,7 @@ impl std::fmt::Debug for Config {
             .field("max_in_flight", &self.max_in_flight)
             .field("max_upload", &self.max_upload)
             .field("upload_ttl", &self.upload_ttl)
+            .field("scan", &self.scan)
             .finish_non_exhaustive()
     }
 }
@@ -227,6 +234,8 @@ pub struct FileInfo {
     pub deleted: bool,
     pub deleted_ms: Option<i64>,
     pub metadata: serde_json::Value,
+    /// The current version's virus scan; `None` when its category is not scanned.
+    pub scan: Option<ScanStamp>,
 }
 
 impl FileInfo {
@@ -252,6 +261,7 @@ impl FileInfo {
             deleted: f.deleted_ms.is_some(),
             deleted_ms: f.deleted_ms,
             metadata: v.metadata.clone(),
+            scan: v.scan.clone(),
         }
     }
 }
@@ -268,6 +278,16 @@ pub struct VersionInfo {
     pub created_ms: i64,
     pub restored_from: Option<u32>,
     pub current: bool,
+    /// This version's virus scan (an infected version is never served to users, even when a
+    /// later clean version lifted the file's quarantine).
+    pub scan: Option<ScanStamp>,
+}
+
+impl VersionInfo {
+    /// The scanner found this content infected.
+    pub fn infected(&self) -> bool {
+        matches!(self.scan, Some(ScanStamp::Infected { .. }))
+    }
 }
 
 impl VersionInfo {
@@ -282,6 +302,7 @@ impl VersionInfo {
             created_ms: v.created_ms,
             restored_from: v.restored_from,
             current: v.version == latest,
+            scan: v.scan,
         }
     }
 }
@@ -306,6 +327,8 @@ pub struct ListQuery {
     pub prefix: Option<String>,
     pub category: Option<String>,
     pub include_deleted: bool,
+    /// Only quarantined files (an admin's review list).
+    pub quarantined_only: bool,
     /// Cursor from the previous page.
     pub after: Option<String>,
     /// Page size (default 100, at most 10,000).
@@ -745,6 +768,11 @@ impl Store {
         &self.inner
     }
 
+    /// The virus-scanning configuration puts run under, if any.
+    pub fn scan_config(&self) -> Option<&ScanConfig> {
+        self.inner.config.scan.as_ref()
+    }
+
     /// Chunk bytes in put pipelines now, and the most there have ever been at once.
     pub fn in_flight(&self) -> (u64, u64) {
         self.inner.in_flight.usage()
@@ -764,14 +792,22 @@ impl Store {
     /// The put is checked against `Config::policy` first: category, extension, declared type
     /// and size before any byte is read, then the content's magic bytes, and the size limit
     /// while streaming. A refused put ([`Error::Rejected`], [`Error::TooLarge`]) commits nothing.
+    ///
+    /// With `Config::scan`, content in a scanned category goes to the virus scanner as it is
+    /// read, and the version commits only with the scanner's verdict: clean, it is stored;
+    /// infected, it is stored quarantined and the put fails with [`Error::Infected`] naming the
+    /// signature and the file; with no verdict (scanner down, timing out, failing) the put fails
+    /// with [`Error::ScanUnavailable`] and commits nothing, unless `fail_open` stores it marked
+    /// unscanned.
     pub fn put(&self, source: impl Read, opts: &PutOptions) -> Result<PutReport> {
-        let (prepared, source) = self.prepare_put(opts, source)?;
-        let mut ingested = pipeline::ingest(&self.inner, source)?;
-        let (change, counts) = prepared.change(&mut ingested);
+        let (prepared, mut source) = self.prepare_put(opts, source)?;
+        let mut ingested = pipeline::ingest(&self.inner, &mut source)?;
+        let outcome = source.finish()?;
+        let (change, counts) = prepared.change(&mut ingested, outcome);
         let file = self.inner.committer.commit(&self.inner, change)?;
         // Only now may the put's chunk claims end (see `pipeline::Claims`).
         drop(ingested);
-        Ok(counts.report(file))
+        counts.report(file)
     }
 
     /// Stores many inputs and commits them together: one fsync pair for the whole batch
@@ -787,12 +823,13 @@ impl Store {
         for (source, opts) in items {
             let slot = results.len();
             results.push(None);
-            let ingested = self
-                .prepare_put(&opts, source)
-                .and_then(|(p, source)| pipeline::ingest(&self.inner, source).map(|i| (p, i)));
+            let ingested = self.prepare_put(&opts, source).and_then(|(p, mut source)| {
+                let ingested = pipeline::ingest(&self.inner, &mut source)?;
+                Ok((p, ingested, source.finish()?))
+            });
             match ingested {
-                Ok((prepared, mut ingested)) => {
-                    let (change, counts) = prepared.change(&mut ingested);
+                Ok((prepared, mut ingested, outcome)) => {
+                    let (change, counts) = prepared.change(&mut ingested, outcome);
                     changes.push(change);
                     pending.push((slot, counts, ingested));
                 }
@@ -801,7 +838,7 @@ impl Store {
         }
         let committed = self.inner.committer.commit_all(&self.inner, changes);
         for ((slot, counts, ingested), outcome) in pending.into_iter().zip(committed) {
-            results[slot] = Some(outcome.map(|file| counts.report(file)));
+            results[slot] = Some(outcome.and_then(|file| counts.report(file)));
             drop(ingested);
         }
         results
@@ -812,12 +849,14 @@ impl Store {
 
     /// Validates a put's options, derives its names, admits it under the policy and guards its
     /// source: the returned reader has passed the magic-byte check, knows the validated MIME
-    /// type, and enforces the category's size limit.
+    /// type, and enforces the category's size limit; when the category is virus-scanned, it
+    /// feeds the scan as it is read.
+    #[allow(clippy::type_complexity)]
     fn prepare_put<R: Read>(
         &self,
         opts: &PutOptions,
         source: R,
-    ) -> Result<(PreparedPut, Guarded<R>)> {
+    ) -> Result<(PreparedPut, ScanGate<'_, Guarded<R>>)> {
         validate::check_label("owner", &opts.owner)?;
         if let Some(key) = &opts.key {
             validate::check_key(key)?;
@@ -840,6 +879,12 @@ impl Store {
         let category = admission.category().to_string();
         let source = admission.guard(source)?;
         let mime = source.mime().to_string();
+        let source = ScanGate::new(
+            source,
+            self.inner.config.scan.as_ref(),
+            &category,
+            opts.declared_size,
+        )?;
         let prepared = PreparedPut {
             meta: VersionMeta {
                 file_id: FileId(0),
@@ -858,6 +903,7 @@ impl Store {
                 flags: if opts.public { flags::PUBLIC } else { 0 },
                 metadata: opts.metadata.clone(),
                 restored_from: None,
+                scan: None,
             },
         };
         Ok((prepared, source))
@@ -989,6 +1035,7 @@ impl Store {
             prefix: q.prefix.as_deref(),
             category: q.category.as_deref(),
             include_deleted: q.include_deleted,
+            quarantined_only: q.quarantined_only,
             after: q.after.as_deref(),
             limit: q.limit.unwrap_or(100).clamp(1, 10_000),
         };
@@ -1037,7 +1084,12 @@ impl Store {
         drop(r);
         let mut meta = old.meta;
         meta.restored_from = Some(version);
-        meta.flags = f.flags;
+        // The file keeps its flags, except that quarantine follows the content: restoring an
+        // infected version quarantines the file, restoring a clean one lifts it.
+        meta.flags = f.flags & !flags::QUARANTINED;
+        if let Some(ScanStamp::Infected { .. }) = &meta.scan {
+            meta.flags |= flags::QUARANTINED;
+        }
         // Every chunk of an indexed version is indexed, so no rows are needed.
         let change = Change::Version {
             target: Target::Existing(id),
@@ -1144,8 +1196,17 @@ struct PreparedPut {
 impl PreparedPut {
     /// The change that commits the ingested content (taking its chunk list and rows; the
     /// claims stay with `ingested`), and the put's counts.
-    fn change(self, ingested: &mut pipeline::Ingested<'_>) -> (Change, PutCounts) {
+    /// An infected verdict quarantines the file.
+    fn change(self, ingested: &mut pipeline::Ingested<'_>, scan: Outcome) -> (Change, PutCounts) {
         let mut meta = self.meta;
+        let mut infected = None;
+        if let Outcome::Stamped(stamp) = scan {
+            if let ScanStamp::Infected { signature } = &stamp {
+                meta.flags |= flags::QUARANTINED;
+                infected = Some(signature.clone());
+            }
+            meta.scan = Some(stamp);
+        }
         meta.size = ingested.size;
         meta.blake3 = std::mem::take(&mut ingested.blake3);
         meta.sha256 = std::mem::take(&mut ingested.sha256);
@@ -1153,6 +1214,7 @@ impl PreparedPut {
             chunks: ingested.chunks.len() as u64,
             new_chunks: ingested.new_chunks,
             new_stored_bytes: ingested.new_stored_bytes,
+            infected,
         };
         let change = Change::Version {
             target: Target::ByKey,
@@ -1169,16 +1231,25 @@ struct PutCounts {
     chunks: u64,
     new_chunks: u64,
     new_stored_bytes: u64,
+    /// The signature the scanner found: the committed file is quarantined and the put fails.
+    infected: Option<String>,
 }
 
 impl PutCounts {
-    fn report(self, file: FileInfo) -> PutReport {
-        PutReport {
+    fn report(self, file: FileInfo) -> Result<PutReport> {
+        if let Some(signature) = self.infected {
+            tracing::warn!(file = %file.id, owner = %file.owner, %signature, "infected upload quarantined");
+            return Err(Error::Infected {
+                file: file.id,
+                signature,
+            });
+        }
+        Ok(PutReport {
             file,
             chunks: self.chunks,
             new_chunks: self.new_chunks,
             new_stored_bytes: self.new_stored_bytes,
-        }
+        })
     }
 }
 

@@ -646,6 +646,15 @@ impl Store {
             Some(since) => {
                 if let Some(report) = self.find_finished(&rec, since)? {
                     self.remove_finished(&id);
+                    // An earlier finish stored it infected: the answer is the same as then.
+                    if let Some(crate::scan::ScanStamp::Infected { signature }) = &report.file.scan
+                        && report.file.quarantined
+                    {
+                        return Err(Error::Infected {
+                            file: report.file.id,
+                            signature: signature.clone(),
+                        });
+                    }
                     return Ok(report);
                 }
             }
@@ -662,6 +671,11 @@ impl Store {
             Ok(report) => {
                 self.remove_finished(&id);
                 Ok(report)
+            }
+            // Stored, quarantined: the session is done.
+            Err(e @ Error::Infected { .. }) => {
+                self.remove_finished(&id);
+                Err(e)
             }
             Err(e) if is_rejection(&e) => {
                 if let Err(e2) = self.remove_upload(&id) {

@@ -47,6 +47,7 @@ fn main() {
             flags: flags::PUBLIC | flags::PROCESSED,
             metadata: serde_json::json!({"k": [1, 2.5, -0.0, 1e300], "s": "\u{e9}", "n": null}),
             restored_from: Some(1),
+            scan: None,
         },
         chunks: vec![
             ChunkRef {

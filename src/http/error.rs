@@ -17,12 +17,16 @@ pub struct ApiError {
     /// Extra headers some protocols require on errors (tus's `Tus-Resumable`, 416's
     /// `Content-Range`).
     pub headers: Vec<(header::HeaderName, HeaderValue)>,
+    /// The virus signature, for `infected` answers.
+    pub signature: Option<String>,
 }
 
 #[derive(Serialize)]
 pub struct ErrorBody<'a> {
     pub error: &'a str,
     pub message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<&'a str>,
 }
 
 impl ApiError {
@@ -32,6 +36,7 @@ impl ApiError {
             code,
             message: message.into(),
             headers: Vec::new(),
+            signature: None,
         }
     }
 
@@ -88,6 +93,8 @@ impl From<Error> for ApiError {
             Error::ChecksumMismatch(_) => (checksum_mismatch_status(), "checksum_mismatch"),
             Error::Busy(_) => (StatusCode::LOCKED, "busy"),
             Error::Expired { .. } => (StatusCode::GONE, "expired"),
+            Error::Infected { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "infected"),
+            Error::ScanUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "scanner_unavailable"),
             Error::Locked { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_locked"),
             Error::Io { .. } if e.is_disk_full() => {
                 (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
@@ -98,7 +105,11 @@ impl From<Error> for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %e, "request failed");
         }
-        ApiError::new(status, code, e.to_string())
+        let mut api = ApiError::new(status, code, e.to_string());
+        if let Error::Infected { signature, .. } = e {
+            api.signature = Some(signature);
+        }
+        api
     }
 }
 
@@ -107,6 +118,7 @@ impl IntoResponse for ApiError {
         let body = ErrorBody {
             error: self.code,
             message: &self.message,
+            signature: self.signature.as_deref(),
         };
         let mut resp = (self.status, Json(body)).into_response();
         for (k, v) in self.headers {

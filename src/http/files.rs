@@ -73,6 +73,9 @@ struct FileResult {
     error: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<String>,
+    /// The virus signature, when the file was refused as infected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signature: Option<String>,
     #[serde(skip)]
     status: StatusCode,
 }
@@ -86,6 +89,7 @@ impl FileResult {
             file: None,
             error: Some(e.code),
             message: Some(e.message),
+            signature: e.signature,
             status: e.status,
         }
     }
@@ -235,6 +239,7 @@ pub async fn upload(
                     file: Some(report.file),
                     error: None,
                     message: None,
+                    signature: None,
                     status: StatusCode::CREATED,
                 }
             }
@@ -281,7 +286,15 @@ pub async fn upload(
         let first = results.iter().find(|r| !r.ok).expect("a failure");
         (
             first.status,
-            json!({ "error": first.error, "message": first.message, "files": results }),
+            match &first.signature {
+                Some(sig) => json!({
+                    "error": first.error,
+                    "message": first.message,
+                    "signature": sig,
+                    "files": results,
+                }),
+                None => json!({ "error": first.error, "message": first.message, "files": results }),
+            },
         )
     };
     Ok((status, Json(body)).into_response())
@@ -321,6 +334,7 @@ pub async fn list(
         prefix: p.prefix,
         category: p.category,
         include_deleted: p.deleted,
+        quarantined_only: false,
         after: p.after,
         limit: Some(p.limit.unwrap_or(100).clamp(1, 1000)),
     };
@@ -363,6 +377,9 @@ pub async fn get(
         });
     }
     let info = info?;
+    if info.infected() && !caller.as_ref().is_some_and(|u| u.admin) {
+        return Err(ApiError::not_found("file"));
+    }
     let cache = match (file.public, p.version.is_some()) {
         (true, true) => Cache::Immutable,
         (true, false) => Cache::Public,
@@ -513,7 +530,7 @@ pub async fn signed(
         Ok((file, info))
     })
     .await?;
-    if file.deleted || file.quarantined {
+    if file.deleted || file.quarantined || info.infected() {
         return Err(ApiError::not_found("file"));
     }
     download::serve(
@@ -539,18 +556,57 @@ pub async fn admin_stats(
 ) -> ApiResult<Response> {
     tracing::debug!(admin = %admin.name, "storage stats");
     let store = state.store.clone();
-    let (stats, users) = blocking(move || Ok((store.stats()?, store.user_count()?))).await?;
-    Ok(Json(json!({ "store": stats, "users": users })).into_response())
+    let (stats, users, scanner) =
+        blocking(move || Ok((store.stats()?, store.user_count()?, scanner_status(&store)))).await?;
+    let mut body = json!({ "store": stats, "users": users });
+    if let Some(s) = scanner {
+        body["scanner"] = s;
+    }
+    Ok(Json(body).into_response())
 }
 
-/// `GET /healthz`: the store answers a read.
+/// The virus scanner's version, or why it does not answer; `None` without scanning. Blocking.
+fn scanner_status(store: &crate::store::Store) -> Option<serde_json::Value> {
+    store.scan_config().map(|c| match c.scanner.version() {
+        Ok(v) => json!({ "status": "ok", "version": v }),
+        Err(e) => json!({ "status": "unavailable", "error": e.to_string() }),
+    })
+}
+
+/// `GET /api/admin/quarantine`: quarantined files of every owner (or `owner`'s), with the
+/// signature found, paginated like `GET /api/files`.
+pub async fn quarantine(
+    State(state): State<AppState>,
+    Admin(_): Admin,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let q = ListQuery {
+        owner: p.owner,
+        prefix: None,
+        category: p.category,
+        include_deleted: p.deleted,
+        quarantined_only: true,
+        after: p.after,
+        limit: Some(p.limit.unwrap_or(100).clamp(1, 1000)),
+    };
+    let store = state.store.clone();
+    let page = blocking(move || store.list(&q)).await?;
+    Ok(Json(json!({ "files": page.files, "next": page.next })).into_response())
+}
+
+/// `GET /healthz`: the store answers a read; with scanning configured, the scanner's version
+/// (or why it does not answer: uploads it must scan are then refused, or stored unscanned).
 pub async fn healthz(State(state): State<AppState>) -> ApiResult<Response> {
     let store = state.store.clone();
-    let stats = blocking(move || store.stats()).await?;
-    Ok(Json(json!({
+    let (stats, scanner) = blocking(move || Ok((store.stats()?, scanner_status(&store)))).await?;
+    let mut body = json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "files": stats.files,
-    }))
-    .into_response())
+    });
+    if let Some(s) = scanner {
+        body["scanner"] = s;
+    }
+    Ok(Json(body).into_response())
 }

@@ -91,6 +91,7 @@ pub fn router(state: AppState) -> Router {
             any(tus::resource).layer(DefaultBodyLimit::disable()),
         )
         .route("/api/admin/storage/stats", get(files::admin_stats))
+        .route("/api/admin/quarantine", get(files::quarantine))
         .route("/healthz", get(files::healthz))
         .route("/metrics", get(metrics::render))
         .fallback(|| async { ApiError::not_found("route") })

@@ -100,6 +100,8 @@ pub struct ListFilter<'a> {
     pub prefix: Option<&'a str>,
     pub category: Option<&'a str>,
     pub include_deleted: bool,
+    /// Only quarantined files.
+    pub quarantined_only: bool,
     /// Continue after this cursor (from a previous page).
     pub after: Option<&'a str>,
     pub limit: usize,
@@ -392,6 +394,7 @@ impl ReadTx {
             (f.include_deleted || r.deleted_ms.is_none())
                 && f.owner.is_none_or(|o| r.owner == o)
                 && f.category.is_none_or(|c| r.category == c)
+                && (!f.quarantined_only || r.flags & crate::pack::manifest::flags::QUARANTINED != 0)
         };
         let mut push = |r: FileRecord, out: &mut Vec<FileRecord>| -> bool {
             if !keep(&r) {

@@ -82,6 +82,23 @@ pub struct VersionMeta {
     /// Set when this version was made by restoring an older one.
     #[serde(default)]
     pub restored_from: Option<u32>,
+    /// What the virus scanner said about this content; `None` when its category is not
+    /// scanned (or the version predates scanning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<ScanStamp>,
+}
+
+/// The outcome of a version's virus scan, as recorded in its manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ScanStamp {
+    /// The scanner answered clean.
+    Clean,
+    /// The scanner found `signature`; the file is quarantined.
+    Infected { signature: String },
+    /// The scanner was unavailable and the store is configured to fail open: stored without a
+    /// verdict. `reason` is the scanner's error.
+    Unscanned { reason: String },
 }
 
 /// A file version as recorded in a pack.
@@ -200,6 +217,9 @@ mod tests {
                 flags: flags::PUBLIC,
                 metadata: serde_json::json!({"k": [1, 2]}),
                 restored_from: Some(1),
+                scan: Some(ScanStamp::Infected {
+                    signature: "Eicar-Test-Signature.UNOFFICIAL".into(),
+                }),
             },
             chunks,
         }

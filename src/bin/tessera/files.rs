@@ -560,6 +560,7 @@ pub fn ls(ctx: &Ctx, a: LsArgs) -> CmdResult {
         prefix: a.prefix.clone(),
         category: a.category.clone(),
         include_deleted: a.deleted,
+        quarantined_only: a.quarantined,
         after: a.after.clone(),
         limit: a.limit.map(|n| n as usize),
     };
@@ -601,6 +602,9 @@ pub fn ls(ctx: &Ctx, a: LsArgs) -> CmdResult {
             if f.deleted {
                 name.push_str("  [deleted]");
             }
+            if let Some(tessera::scan::ScanStamp::Infected { signature }) = &f.scan {
+                name.push_str(&format!("  [infected: {signature}]"));
+            }
             row.push(name);
             rows.push(row);
         }
@@ -636,6 +640,17 @@ fn stat_text(f: &FileInfo) -> String {
     ];
     if let Some(o) = &f.original_name {
         pairs.push(("original name", o.clone()));
+    }
+    if let Some(scan) = &f.scan {
+        use tessera::scan::ScanStamp;
+        pairs.push((
+            "virus scan",
+            match scan {
+                ScanStamp::Clean => "clean".to_string(),
+                ScanStamp::Infected { signature } => format!("infected: {signature}"),
+                ScanStamp::Unscanned { reason } => format!("unscanned: {reason}"),
+            },
+        ));
     }
     pairs.extend([
         ("category", f.category.clone()),

@@ -106,6 +106,9 @@ enum Cmd {
     /// Manage the users and tokens of the HTTP service.
     #[command(subcommand)]
     User(serve::UserCmd),
+    /// Files the virus scanner found infected: stored, flagged, never served to users.
+    #[command(subcommand)]
+    Quarantine(QuarantineCmd),
     /// Concurrent puts that print `ACK <key> <version> <blake3> <size>` once each put returned
     /// (used by the crash-safety test).
     #[command(hide = true)]
@@ -204,6 +207,16 @@ struct LsArgs {
     /// Follow every page to the end.
     #[arg(long)]
     all: bool,
+    /// Only quarantined files (set by `quarantine ls`).
+    #[arg(skip)]
+    quarantined: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum QuarantineCmd {
+    /// List quarantined files (of every owner unless --owner is given), with the signature the
+    /// virus scanner found.
+    Ls(LsArgs),
 }
 
 #[derive(Debug, Args)]
@@ -294,6 +307,10 @@ fn main() -> ExitCode {
         Cmd::Recover => admin::recover(&ctx),
         Cmd::Serve(a) => serve::serve(&ctx, a),
         Cmd::User(c) => serve::user(&ctx, c),
+        Cmd::Quarantine(QuarantineCmd::Ls(mut a)) => {
+            a.quarantined = true;
+            files::ls(&ctx, a)
+        }
         Cmd::DebugStress(a) => stress::run(&ctx, a),
     };
     match result {

@@ -85,6 +85,22 @@ pub fn serve(ctx: &Ctx, a: ServeArgs) -> CmdResult {
         .build()
         .map_err(|e| Fail::io("starting the async runtime", e))?;
     runtime.block_on(async move {
+        match &settings.scan {
+            None => eprintln!(
+                "tessera: warning: no [scan] section in the configuration: uploads are not \
+                 virus-scanned"
+            ),
+            Some(scan) => eprintln!(
+                "tessera: virus scanning with clamd at {} ({}; categories: {})",
+                scan.clamd,
+                if scan.fail_open {
+                    "fail open"
+                } else {
+                    "fail closed"
+                },
+                scan.categories.join(", ")
+            ),
+        }
         let server = Server::bind(store, settings).await?;
         eprintln!(
             "tessera: serving {} on http://{}",

@@ -86,6 +86,8 @@ impl From<tessera::Error> for Fail {
             E::Corrupt { .. } => "corrupt",
             E::Io { .. } => "io",
             E::Index { .. } => "index",
+            E::Infected { .. } => "infected",
+            E::ScanUnavailable(_) => "scanner_unavailable",
             _ => "error",
         };
         let message = e.to_string();
