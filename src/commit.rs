@@ -19,7 +19,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, FileId};
 use crate::index::{ChunkRow, FileRecord, WriteTx};
-use crate::pack::manifest::{ChunkRef, FileEvent, Manifest, VersionMeta};
+use crate::pack::manifest::{ChunkRef, FileEvent, Manifest, ScanStamp, VersionMeta};
 use crate::pack::record::{self, RecordKind};
 use crate::pack::{Location, Packs};
 use crate::store::{FileInfo, Inner};
@@ -58,6 +58,12 @@ pub(crate) enum Change {
     DropVersion {
         id: FileId,
         version: u32,
+    },
+    /// Replace a version's scan verdict (a rescan).
+    Scan {
+        id: FileId,
+        version: u32,
+        stamp: ScanStamp,
     },
 }
 
@@ -325,6 +331,18 @@ fn prepare(w: &WriteTx, packs: &Packs, now: i64, change: Change) -> Result<Prepa
                 FileInfo::new(&f, &v.meta),
             ))
         }
+        Change::Scan { id, version, stamp } => {
+            let v = w
+                .version(id, version)?
+                .ok_or_else(|| Error::not_found(format!("version {version} of file {id}")))?;
+            Ok(Prepared::Event(FileEvent::Scan {
+                file_id: id,
+                version,
+                at_ms: now,
+                manifest: (v.manifest.pack, v.manifest.offset),
+                scan: stamp,
+            }))
+        }
     }
 }
 
@@ -356,7 +374,7 @@ fn apply(
             appended.push(loc);
             let file = w
                 .apply_event(&event)?
-                .expect("delete and undelete change a file");
+                .expect("delete, undelete and scan events of a present file change it");
             current_info(w, &file)
         }
         Prepared::Removal(event, info) => {

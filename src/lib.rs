@@ -55,6 +55,7 @@ pub use id::{ChunkId, FileId};
 pub use maintenance::gc::{GcOptions, GcReport, PurgeReport};
 pub use maintenance::progress::Progress;
 pub use maintenance::recover::{RecoverReport, recover};
+pub use maintenance::rescan::{RescanChange, RescanOptions, RescanReport};
 pub use maintenance::verify::VerifyReport;
 pub use maintenance::verify::{AffectedFile, DamagedChunk};
 pub use store::{

@@ -594,6 +594,27 @@ impl ScanConfig {
     }
 }
 
+/// Whether the scanner answers, and its version: the engine and signature versions that
+/// checked the files (`stats`, `/healthz`, the admin stats endpoint).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum ScannerStatus {
+    Ok { version: String },
+    Unavailable { error: String },
+}
+
+impl crate::store::Store {
+    /// The configured scanner's status (asks it: blocking); `None` when nothing is scanned.
+    pub fn scanner_status(&self) -> Option<ScannerStatus> {
+        self.scan_config().map(|c| match c.scanner.version() {
+            Ok(version) => ScannerStatus::Ok { version },
+            Err(e) => ScannerStatus::Unavailable {
+                error: e.to_string(),
+            },
+        })
+    }
+}
+
 /// clamd's own default `StreamMaxLength`.
 pub const DEFAULT_STREAM_MAX: u64 = 100 << 20;
 

@@ -963,17 +963,17 @@ impl Store {
 
     /// Reads the current version of a live (not deleted) file.
     pub fn get(&self, id: FileId) -> Result<FileReader> {
-        self.reader(id, None, None)
+        self.reader(id, None, None, true)
     }
 
     /// Reads an older version of a live file.
     pub fn get_version(&self, id: FileId, version: u32) -> Result<FileReader> {
-        self.reader(id, Some(version), None)
+        self.reader(id, Some(version), None, true)
     }
 
     /// Reads `range` of the current version; only the chunks that overlap it are touched.
     pub fn get_range(&self, id: FileId, range: Range<u64>) -> Result<FileReader> {
-        self.reader(id, None, Some(range))
+        self.reader(id, None, Some(range), true)
     }
 
     /// Reads `range` of an older version.
@@ -983,7 +983,7 @@ impl Store {
         version: u32,
         range: Range<u64>,
     ) -> Result<FileReader> {
-        self.reader(id, Some(version), Some(range))
+        self.reader(id, Some(version), Some(range), true)
     }
 
     /// Reads a whole version into memory (convenience for small files and tests).
@@ -993,11 +993,18 @@ impl Store {
         Ok(out)
     }
 
+    /// Reads a version for maintenance (a rescan, say): not an access, so the file's access
+    /// time, which reports and lifecycle rules go by, stays as it was.
+    pub(crate) fn get_version_untracked(&self, id: FileId, version: u32) -> Result<FileReader> {
+        self.reader(id, Some(version), None, false)
+    }
+
     fn reader(
         &self,
         id: FileId,
         version: Option<u32>,
         range: Option<Range<u64>>,
+        access: bool,
     ) -> Result<FileReader> {
         let r = self.inner.index.read()?;
         let f = r
@@ -1021,7 +1028,7 @@ impl Store {
                 range.start, range.end
             )));
         }
-        if !self.inner.read_only {
+        if access && !self.inner.read_only {
             self.inner.touched.lock().unwrap().insert(id, self.now());
         }
         Ok(FileReader::new(self.clone(), id, version, chunks, range))

@@ -557,20 +557,43 @@ pub async fn admin_stats(
     tracing::debug!(admin = %admin.name, "storage stats");
     let store = state.store.clone();
     let (stats, users, scanner) =
-        blocking(move || Ok((store.stats()?, store.user_count()?, scanner_status(&store)))).await?;
+        blocking(move || Ok((store.stats()?, store.user_count()?, store.scanner_status()))).await?;
     let mut body = json!({ "store": stats, "users": users });
     if let Some(s) = scanner {
-        body["scanner"] = s;
+        body["scanner"] = json!(s);
     }
     Ok(Json(body).into_response())
 }
 
-/// The virus scanner's version, or why it does not answer; `None` without scanning. Blocking.
-fn scanner_status(store: &crate::store::Store) -> Option<serde_json::Value> {
-    store.scan_config().map(|c| match c.scanner.version() {
-        Ok(v) => json!({ "status": "ok", "version": v }),
-        Err(e) => json!({ "status": "unavailable", "error": e.to_string() }),
+/// Query of `POST /api/admin/scan/rescan`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RescanParams {
+    dry_run: bool,
+    all_categories: bool,
+    recheck_infected: bool,
+}
+
+/// `POST /api/admin/scan/rescan`: rescans stored files (after a signature update) and answers
+/// with the report: new hits are quarantined. It runs to the end of the store before it
+/// answers; a scanner that goes down meanwhile is a 503 (the hits found so far are recorded).
+pub async fn rescan(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    params: Result<Query<RescanParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    tracing::info!(admin = %admin.name, dry_run = p.dry_run, "rescan");
+    let store = state.store.clone();
+    let report = blocking(move || {
+        store.rescan(&crate::RescanOptions {
+            dry_run: p.dry_run,
+            all_categories: p.all_categories,
+            recheck_infected: p.recheck_infected,
+        })
     })
+    .await?;
+    Ok(Json(report).into_response())
 }
 
 /// `GET /api/admin/quarantine`: quarantined files of every owner (or `owner`'s), with the
@@ -599,14 +622,14 @@ pub async fn quarantine(
 /// (or why it does not answer: uploads it must scan are then refused, or stored unscanned).
 pub async fn healthz(State(state): State<AppState>) -> ApiResult<Response> {
     let store = state.store.clone();
-    let (stats, scanner) = blocking(move || Ok((store.stats()?, scanner_status(&store)))).await?;
+    let (stats, scanner) = blocking(move || Ok((store.stats()?, store.scanner_status()))).await?;
     let mut body = json!({
         "status": "ok",
         "version": env!("CARGO_PKG_VERSION"),
         "files": stats.files,
     });
     if let Some(s) = scanner {
-        body["scanner"] = s;
+        body["scanner"] = json!(s);
     }
     Ok(Json(body).into_response())
 }

@@ -92,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/admin/storage/stats", get(files::admin_stats))
         .route("/api/admin/quarantine", get(files::quarantine))
+        .route("/api/admin/scan/rescan", post(files::rescan))
         .route("/healthz", get(files::healthz))
         .route("/metrics", get(metrics::render))
         .fallback(|| async { ApiError::not_found("route") })

@@ -710,12 +710,53 @@ impl WriteTx {
                 self.remove_version(file_id, version, at_ms)?;
                 return Ok(None);
             }
+            FileEvent::Scan {
+                file_id,
+                version,
+                ref scan,
+                ..
+            } => return self.set_scan(file_id, version, scan),
         };
         let mut f = self
             .file(id)?
             .ok_or_else(|| Error::not_found(format!("file {id}")))?;
         f.deleted_ms = deleted;
         self.update_file(&f)?;
+        Ok(Some(f))
+    }
+
+    /// Replaces a version's scan verdict (a rescan). The file's quarantine follows its current
+    /// version, as on a put: set by an infected verdict, lifted by any other. A version that is
+    /// gone (a replayed rescan of a version purged since) changes nothing and returns `None`.
+    fn set_scan(
+        &mut self,
+        file: FileId,
+        version: u32,
+        scan: &crate::pack::manifest::ScanStamp,
+    ) -> Result<Option<FileRecord>> {
+        use crate::pack::manifest::{ScanStamp, flags};
+        let (Some(mut f), Some(mut v)) = (self.file(file)?, self.version(file, version)?) else {
+            return Ok(None);
+        };
+        v.meta.scan = Some(scan.clone());
+        let json = serde_json::to_vec(&v).expect("version record serialises");
+        self.tx
+            .open_table(VERSIONS)
+            .map_err(ix("opening versions"))?
+            .insert((file.0, version), json.as_slice())
+            .map_err(ix("writing a version"))?;
+        if version == f.latest {
+            let infected = matches!(scan, ScanStamp::Infected { .. });
+            let flagged = if infected {
+                f.flags | flags::QUARANTINED
+            } else {
+                f.flags & !flags::QUARANTINED
+            };
+            if flagged != f.flags {
+                f.flags = flagged;
+                self.update_file(&f)?;
+            }
+        }
         Ok(Some(f))
     }
 

@@ -585,5 +585,13 @@ fn live_event(w: &WriteTx, inner: &Inner, id: u32, plain: &[u8]) -> Result<bool>
         FileEvent::Revoke { pack, .. } => exists(pack),
         FileEvent::Purge { manifests, .. } => manifests.iter().any(|&(p, _)| exists(p)),
         FileEvent::DropVersion { manifest, .. } => exists(manifest.0),
+        // The verdict belongs to the version while it lives, and replay needs the event
+        // while the version's original manifest can still be read.
+        FileEvent::Scan {
+            file_id,
+            version,
+            manifest,
+            ..
+        } => w.version(file_id, version)?.is_some() || exists(manifest.0),
     })
 }

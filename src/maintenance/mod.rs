@@ -1,10 +1,12 @@
 //! Maintenance: whole-store checks and repairs. `verify` re-reads everything and reports
-//! damage; `recover` rebuilds the index from the packs. (GC, purge, expiry and the scheduler
+//! damage; `recover` rebuilds the index from the packs; `gc` collects garbage and compacts
+//! packs; `rescan` runs stored files past the virus scanner again. (Expiry and the scheduler
 //! will live here too: only maintenance ever deletes data.)
 
 pub mod gc;
 pub mod progress;
 pub mod recover;
+pub mod rescan;
 pub mod verify;
 
 use serde::Serialize;

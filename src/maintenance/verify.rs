@@ -12,7 +12,7 @@ use super::DamagedRegion;
 use super::progress::Progress;
 use crate::error::Result;
 use crate::id::{ChunkId, FileId};
-use crate::pack::manifest::Manifest;
+use crate::pack::manifest::{Manifest, VersionMeta};
 use crate::pack::record::{self, RecordKind, ScanItem};
 use crate::pack::{PACK_HEADER_LEN, decode_pack_header};
 use crate::store::Store;
@@ -235,7 +235,8 @@ impl Store {
             let manifest_ok = match seen.get(&(v.manifest.pack, v.manifest.offset)) {
                 Some(Seen::Ok { kind: RecordKind::Manifest | RecordKind::Moved, .. }) => match inner.packs.read(v.manifest) {
                     Ok((h, plain)) => match manifest_payload(h.kind, &plain).and_then(Manifest::decode) {
-                        Ok(m) if m.meta == v.meta && m.chunks == chunks => Ok(()),
+                        // A rescan's event may have replaced the verdict since the manifest.
+                        Ok(m) if same_but_scan(&m.meta, &v.meta) && m.chunks == chunks => Ok(()),
                         Ok(_) => Err("the manifest disagrees with the index".to_string()),
                         Err(e) => Err(e),
                     },
@@ -296,4 +297,17 @@ fn manifest_payload(kind: RecordKind, plain: &[u8]) -> std::result::Result<&[u8]
         },
         _ => Err("the index points at a record that is not a manifest".into()),
     }
+}
+
+/// Manifest and index agree on a version, except for the scan verdict, which a later `scan`
+/// event (a rescan) replaces in the index only.
+fn same_but_scan(manifest: &VersionMeta, index: &VersionMeta) -> bool {
+    manifest.scan == index.scan
+        || (VersionMeta {
+            scan: None,
+            ..manifest.clone()
+        }) == VersionMeta {
+            scan: None,
+            ..index.clone()
+        }
 }

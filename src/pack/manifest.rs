@@ -172,6 +172,17 @@ pub enum FileEvent {
         at_ms: i64,
         manifest: (u32, u64),
     },
+    /// A later scan of a stored version (`tessera scan --rescan`, after a signature update)
+    /// replaced its verdict: an infected verdict quarantines the file when the version is its
+    /// current one. `manifest` is the original position of the version's manifest; compaction
+    /// keeps this event while the version (or that manifest) can still be replayed.
+    Scan {
+        file_id: FileId,
+        version: u32,
+        at_ms: i64,
+        manifest: (u32, u64),
+        scan: ScanStamp,
+    },
 }
 
 impl FileEvent {
@@ -260,5 +271,15 @@ mod tests {
         };
         assert_eq!(FileEvent::decode(&e.encode()).unwrap(), e);
         assert!(FileEvent::decode(b"{\"op\":\"explode\"}").is_err());
+        let e = FileEvent::Scan {
+            file_id: FileId::new(),
+            version: 3,
+            at_ms: 9,
+            manifest: (2, 4096),
+            scan: ScanStamp::Infected {
+                signature: "Win.Test.EICAR_HDB-1".into(),
+            },
+        };
+        assert_eq!(FileEvent::decode(&e.encode()).unwrap(), e);
     }
 }

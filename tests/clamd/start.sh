@@ -64,10 +64,13 @@ TemporaryDirectory $dir/tmp
 TCPAddr 127.0.0.1
 TCPSocket $port
 LocalSocket $dir/clamd.sock
-PidFile $dir/clamd.pid
 LogFile $dir/clamd.log
 LogTime yes
-Foreground no
+# In the foreground, started in the background by this script. Daemonizing is racy here: the
+# clamd parent waits for its child's SIGINT to say "ready", and a clamd started from a
+# background job inherits SIGINT ignored (POSIX shells ignore it for asynchronous commands), so
+# a child that signals before the parent installs its handler leaves the parent waiting forever.
+Foreground yes
 # The largest stream the tests send to clamd is 20 MiB (the stream-limit test); uploads that
 # must be scanned whole stay under 16 MiB.
 StreamMaxLength ${TESSERA_CLAMD_STREAM_MAX:-16M}
@@ -79,19 +82,23 @@ MaxThreads 4
 ReadTimeout 30
 SelfCheck 3600
 CONF
-    if ! "$clamd" -c "$dir/clamd.conf" >>"$dir/clamd.out" 2>&1; then
-        cat "$dir/clamd.out" >&2 || true
-        continue
-    fi
-    for _ in $(seq 1 100); do
+    # Output to a file, so `$(start.sh)` returns while it runs.
+    "$clamd" -c "$dir/clamd.conf" </dev/null >>"$dir/clamd.out" 2>&1 &
+    pid=$!
+    echo "$pid" >"$dir/clamd.pid"
+    for _ in $(seq 1 300); do
         if [[ $(ask "$port" PING 2>/dev/null || true) == PONG ]]; then
             started=$port
+            break
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            cat "$dir/clamd.out" >&2 || true # exited: the port was taken, say
             break
         fi
         sleep 0.1
     done
     [[ -n $started ]] && break
-    [[ -f $dir/clamd.pid ]] && kill "$(cat "$dir/clamd.pid")" 2>/dev/null || true
+    kill "$pid" 2>/dev/null || true
 done
 [[ -n $started ]] || fail "clamd did not answer PING on 127.0.0.1 (5 ports tried)"
 version=$(ask "$started" VERSION)

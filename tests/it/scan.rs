@@ -689,45 +689,63 @@ fn cli_put_of_eicar_fails_with_the_signature_and_quarantine_ls_lists_it() {
     assert!(!text.contains("notes.txt"), "{text}");
 }
 
+/// A clamd of the test's own (tests/clamd/start.sh), stopped and removed when dropped: for
+/// tests that kill it or change its signatures.
+pub struct PrivateClamd {
+    /// Its directory; the signature database is `db/` in it.
+    pub dir: String,
+    pub pid: i32,
+    pub addr: ClamdAddress,
+}
+
+impl PrivateClamd {
+    pub fn start() -> PrivateClamd {
+        use std::process::Command;
+        let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clamd/start.sh"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "a private clamd did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let vars: std::collections::HashMap<String, String> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let dir = vars["TESSERA_CLAMD_DIR"].clone();
+        let pid = std::fs::read_to_string(format!("{dir}/clamd.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        PrivateClamd {
+            dir,
+            pid,
+            addr: vars["TESSERA_CLAMD"].parse().unwrap(),
+        }
+    }
+}
+
+impl Drop for PrivateClamd {
+    fn drop(&mut self) {
+        let _ =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clamd/stop.sh"))
+                .env("TESSERA_CLAMD_DIR", &self.dir)
+                .status();
+    }
+}
+
 /// A private clamd (tests/clamd/start.sh), killed with SIGKILL while a put streams to it.
 #[test]
 fn clamd_killed_mid_upload_fails_closed_and_stores_nothing() {
     use std::io::Read;
     use std::process::Command;
 
-    struct Private {
-        dir: String,
-    }
-    impl Drop for Private {
-        fn drop(&mut self) {
-            let _ = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clamd/stop.sh"))
-                .env("TESSERA_CLAMD_DIR", &self.dir)
-                .status();
-        }
-    }
-    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clamd/start.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "a second clamd did not start: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let vars: std::collections::HashMap<String, String> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let private = Private {
-        dir: vars["TESSERA_CLAMD_DIR"].clone(),
-    };
-    let pid: i32 = std::fs::read_to_string(format!("{}/clamd.pid", private.dir))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let addr: ClamdAddress = vars["TESSERA_CLAMD"].parse().unwrap();
+    let private = PrivateClamd::start();
+    let (pid, addr) = (private.pid, private.addr.clone());
 
     /// Yields `data`, killing clamd once `at` bytes were read.
     struct KillAt<'a> {

@@ -1,6 +1,7 @@
 //! Commands on the whole store: init, stats, verify, recover.
 
 use serde_json::json;
+use tessera::scan::ScannerStatus;
 use tessera::{ChunkParams, Config, Store, VerifyReport};
 
 use crate::ui::{self, BarProgress};
@@ -57,9 +58,12 @@ pub fn stats(ctx: &Ctx) -> CmdResult {
     warn_open_report(ctx, &store);
     let s = store.stats()?;
     let physical = s.pack_bytes + s.index_bytes;
+    // The scanner's version says which signatures checked the files (SPEC §4).
+    let scanner = store.scanner_status();
     if ctx.ui.json {
         let mut v = serde_json::to_value(&s).expect("stats serialise");
         v["physical_bytes"] = physical.into();
+        v["scanner"] = serde_json::to_value(&scanner).expect("scanner status serialises");
         ctx.ui.emit_json(&v)?;
         return Ok(Status::Ok);
     }
@@ -93,6 +97,13 @@ pub fn stats(ctx: &Ctx) -> CmdResult {
             ),
         ),
     ]))?;
+    if let Some(status) = scanner {
+        let line = match status {
+            ScannerStatus::Ok { version } => version,
+            ScannerStatus::Unavailable { error } => format!("unavailable ({error})"),
+        };
+        ctx.ui.print(ui::fields(&[("scanner", line)]))?;
+    }
     Ok(Status::Ok)
 }
 

@@ -11,6 +11,7 @@
 
 mod admin;
 mod files;
+mod scan;
 #[cfg(feature = "server")]
 mod serve;
 mod stress;
@@ -109,6 +110,8 @@ enum Cmd {
     /// Files the virus scanner found infected: stored, flagged, never served to users.
     #[command(subcommand)]
     Quarantine(QuarantineCmd),
+    /// The virus scanner: its version, or with --rescan a rescan of stored files.
+    Scan(scan::ScanArgs),
     /// Concurrent puts that print `ACK <key> <version> <blake3> <size>` once each put returned
     /// (used by the crash-safety test).
     #[command(hide = true)]
@@ -307,6 +310,7 @@ fn main() -> ExitCode {
         Cmd::Recover => admin::recover(&ctx),
         Cmd::Serve(a) => serve::serve(&ctx, a),
         Cmd::User(c) => serve::user(&ctx, c),
+        Cmd::Scan(a) => scan::scan(&ctx, &a),
         Cmd::Quarantine(QuarantineCmd::Ls(mut a)) => {
             a.quarantined = true;
             files::ls(&ctx, a)
