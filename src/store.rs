@@ -233,6 +233,8 @@ pub struct FileInfo {
     pub quarantined: bool,
     pub deleted: bool,
     pub deleted_ms: Option<i64>,
+    /// Since when the file is quarantined (quarantine purges count from it).
+    pub quarantined_ms: Option<i64>,
     pub metadata: serde_json::Value,
     /// The current version's virus scan; `None` when its category is not scanned.
     pub scan: Option<ScanStamp>,
@@ -260,6 +262,9 @@ impl FileInfo {
             quarantined: f.flags & flags::QUARANTINED != 0,
             deleted: f.deleted_ms.is_some(),
             deleted_ms: f.deleted_ms,
+            quarantined_ms: f
+                .quarantined_ms
+                .or((f.flags & flags::QUARANTINED != 0).then_some(f.updated_ms)),
             metadata: v.metadata.clone(),
             scan: v.scan.clone(),
         }

@@ -57,6 +57,11 @@ pub struct FileRecord {
     /// Set while the file is soft-deleted.
     #[serde(default)]
     pub deleted_ms: Option<i64>,
+    /// Since when the file is quarantined (its current version was found infected: by the put
+    /// that stored it, or by a rescan). Quarantined files of older indexes have none; their
+    /// current version's time stands in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined_ms: Option<i64>,
 }
 
 /// One version of a file.
@@ -634,6 +639,7 @@ impl WriteTx {
                 f.accessed_ms = f.accessed_ms.max(meta.created_ms);
                 f.flags = meta.flags;
                 f.deleted_ms = None;
+                f.quarantined_ms = quarantined_since(meta);
                 (f, false)
             }
             None => {
@@ -656,6 +662,7 @@ impl WriteTx {
                     flags: meta.flags,
                     latest: meta.version,
                     deleted_ms: None,
+                    quarantined_ms: quarantined_since(meta),
                 };
                 (f, true)
             }
@@ -713,9 +720,10 @@ impl WriteTx {
             FileEvent::Scan {
                 file_id,
                 version,
+                at_ms,
                 ref scan,
                 ..
-            } => return self.set_scan(file_id, version, scan),
+            } => return self.set_scan(file_id, version, scan, at_ms),
         };
         let mut f = self
             .file(id)?
@@ -733,6 +741,7 @@ impl WriteTx {
         file: FileId,
         version: u32,
         scan: &crate::pack::manifest::ScanStamp,
+        at_ms: i64,
     ) -> Result<Option<FileRecord>> {
         use crate::pack::manifest::{ScanStamp, flags};
         let (Some(mut f), Some(mut v)) = (self.file(file)?, self.version(file, version)?) else {
@@ -754,6 +763,7 @@ impl WriteTx {
             };
             if flagged != f.flags {
                 f.flags = flagged;
+                f.quarantined_ms = infected.then_some(at_ms);
                 self.update_file(&f)?;
             }
         }
@@ -794,6 +804,11 @@ impl WriteTx {
             .map_err(ix("setting durability"))?;
         self.tx.commit().map_err(ix("committing"))
     }
+}
+
+/// When a file whose current version is `meta` became quarantined: when that version was made.
+fn quarantined_since(meta: &VersionMeta) -> Option<i64> {
+    (meta.flags & crate::pack::manifest::flags::QUARANTINED != 0).then_some(meta.created_ms)
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {

@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -18,7 +19,7 @@ use tessera::scan::{
 use tessera::{Config, Error, FileId, GcOptions, PutOptions, RescanOptions, Store};
 
 use crate::common::{TempStore, png_bytes, text_bytes};
-use crate::http::Service;
+use crate::http::{Service, TestClock};
 use crate::scan::PrivateClamd;
 
 /// Content clamd calls clean until the test adds the signature below.
@@ -227,7 +228,10 @@ fn rescans_give_unscanned_versions_a_verdict_release_only_on_request_and_stop_wh
  {
     let fake = Arc::new(FakeScanner::new(FakeBehaviour::Down));
     let tmp = TempStore::new();
+    const T0: i64 = 1_800_000_000_000;
+    let clock = Arc::new(TestClock(AtomicI64::new(T0)));
     let config = Config {
+        clock: clock.clone(),
         scan: Some(ScanConfig {
             fail_open: true,
             categories: ScanCategories::All,
@@ -257,22 +261,29 @@ fn rescans_give_unscanned_versions_a_verdict_release_only_on_request_and_stop_wh
         other => panic!("expected Infected, got {other:?}"),
     };
     assert!(store.stat(b).unwrap().quarantined);
+    assert_eq!(store.stat(b).unwrap().quarantined_ms, Some(T0));
+    let c = put(&store, "c.txt", b"LATE-HIT, clean for now");
 
     // The unscanned version gets its verdict; the infected one is left alone.
     let r = store.rescan(&RescanOptions::default()).unwrap();
-    assert_eq!((r.scanned, r.skipped), (1, 1), "{r:?}");
+    assert_eq!((r.scanned, r.skipped), (2, 1), "{r:?}");
     assert_eq!(r.cleared.len(), 1);
     assert_eq!(stamp(&store, a, 1), Some(ScanStamp::Clean));
     let r = store.rescan(&RescanOptions::default()).unwrap();
     assert!(r.cleared.is_empty() && r.infected.is_empty(), "{r:?}");
 
-    // The signature is withdrawn: only a recheck of infected versions releases the file.
+    // A day later the signatures change: c is found (quarantined from now), and b's signature
+    // is withdrawn, but only a recheck of infected versions releases b.
+    const T1: i64 = T0 + 86_400_000;
+    clock.0.store(T1, Ordering::SeqCst);
     fake.set(FakeBehaviour::Scan {
-        infected_marker: b"NOTHING-MATCHES-THIS".to_vec(),
-        signature: "Fake.Bad".into(),
+        infected_marker: b"LATE-HIT".to_vec(),
+        signature: "Fake.Late".into(),
     });
-    store.rescan(&RescanOptions::default()).unwrap();
-    assert!(store.stat(b).unwrap().quarantined);
+    let r = store.rescan(&RescanOptions::default()).unwrap();
+    assert_eq!(r.infected.len(), 1, "{r:?}");
+    assert_eq!(store.stat(c).unwrap().quarantined_ms, Some(T1));
+    assert_eq!(store.stat(b).unwrap().quarantined_ms, Some(T0));
     let r = store
         .rescan(&RescanOptions {
             recheck_infected: true,
@@ -281,6 +292,8 @@ fn rescans_give_unscanned_versions_a_verdict_release_only_on_request_and_stop_wh
         .unwrap();
     assert_eq!(r.cleared.len(), 1, "{r:?}");
     assert!(!store.stat(b).unwrap().quarantined);
+    assert_eq!(store.stat(b).unwrap().quarantined_ms, None);
+    assert_eq!(store.stat(c).unwrap().quarantined_ms, Some(T1));
 
     // Compaction of the pack that holds the scan events keeps them for recover.
     let junk = put(&store, "junk.txt", &text_bytes(9, 200_000));
@@ -300,6 +313,7 @@ fn rescans_give_unscanned_versions_a_verdict_release_only_on_request_and_stop_wh
     assert_eq!(stamp(&store, a, 1), Some(ScanStamp::Clean));
     assert_eq!(stamp(&store, b, 1), Some(ScanStamp::Clean));
     assert!(!store.stat(b).unwrap().quarantined);
+    assert_eq!(store.stat(c).unwrap().quarantined_ms, Some(T1));
     let v = store.verify(&()).unwrap();
     assert!(v.is_ok(), "{v:?}");
 
