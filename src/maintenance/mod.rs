@@ -5,6 +5,7 @@
 pub mod gc;
 pub mod progress;
 pub mod recover;
+pub mod reports;
 pub mod verify;
 
 use serde::Serialize;
