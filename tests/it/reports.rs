@@ -647,3 +647,71 @@ fn admin_gc_and_temp_cleanup_reclaim_what_their_dry_runs_report() {
     assert!(staged(&live.id), "a live session is kept");
     assert_eq!(svc.store.list_uploads(None).unwrap().len(), 1);
 }
+
+// ---------------------------------------------------------------- CLI
+
+fn tessera(store: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .env_remove("TESSERA_STORE")
+        .env_remove("TESSERA_OWNER")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run tessera")
+}
+
+fn tessera_json(store: &std::path::Path, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = tessera(store, &all);
+    assert!(
+        out.status.success(),
+        "tessera {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON document")
+}
+
+#[test]
+fn cli_reports_as_json_and_tables() {
+    let t = TempStore::new();
+    let store = Store::create(t.path(), Config::default()).unwrap();
+    let same = random_bytes(5, 12_000);
+    put_as(&store, "alice", "x", &same);
+    put_as(&store, "bob", "y", &same);
+    put_as(&store, "bob", "z", &random_bytes(6, 3_000));
+    drop(store);
+    let dir = t.path();
+
+    let d = tessera_json(&dir, &["report", "duplicates"]);
+    assert_eq!(d["groups_total"], 1, "{d}");
+    assert_eq!(d["file_level_saved_bytes"], 12_000);
+    assert_eq!(d["groups"][0]["files"].as_array().unwrap().len(), 2);
+
+    let s = tessera_json(&dir, &["report", "storage"]);
+    let stats = tessera_json(&dir, &["stats"]);
+    assert_eq!(s["totals"]["logical_bytes"], stats["logical_bytes"], "{s}");
+    assert_eq!(s["by_owner"].as_array().unwrap().len(), 2);
+
+    // Just written: nothing is unread for a day.
+    let u = tessera_json(&dir, &["report", "unread", "--days", "1"]);
+    assert_eq!(u["files"].as_array().unwrap().len(), 0, "{u}");
+    let out = tessera(&dir, &["report", "unread", "--days", "0"]);
+    assert_eq!(out.status.code(), Some(2), "days must be at least 1");
+
+    let out = tessera(&dir, &["report", "storage"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("CATEGORY") && text.contains("alice") && text.contains("hot"),
+        "{text}"
+    );
+    let out = tessera(&dir, &["report", "duplicates"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("2 × ") && text.contains(&blake3::hash(&same).to_hex().to_string()),
+        "{text}"
+    );
+}

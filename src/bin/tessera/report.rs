@@ -71,7 +71,9 @@ fn unread(ctx: &Ctx, store: &Store, a: UnreadArgs) -> CmdResult {
         ));
     }
     if r.files.is_empty() {
-        ctx.ui.note(format!("no file unread for {} days", r.days));
+        let s = if r.days == 1 { "" } else { "s" };
+        ctx.ui
+            .note(format!("no file unread for {} day{s} or more", r.days));
     } else {
         let mut rows = vec![
             ["ID", "SIZE", "LAST READ", "OWNER", "NAME"]
