@@ -141,3 +141,14 @@ impl super::Index {
         w.commit()
     }
 }
+
+#[cfg(test)]
+impl super::Index {
+    /// Makes this index look like one written before `content_files` existed.
+    pub(crate) fn drop_content_files(&self) -> Result<()> {
+        let w = self.write()?;
+        w.tx.delete_table(CONTENT_FILES)
+            .map_err(ix("deleting content files"))?;
+        w.commit()
+    }
+}

@@ -461,3 +461,40 @@ fn duplicate_group(r: &ReadTx, hash: [u8; 32], ids: &[FileId]) -> Result<Option<
         files,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::index::Index;
+    use crate::store::{Config, PutOptions, Store, index_path};
+
+    #[test]
+    fn an_older_index_gets_content_files_on_its_first_read_write_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("s");
+        let store = Store::create(&dir, Config::default()).unwrap();
+        let same = vec![7u8; 3000];
+        let a = store.put(&same[..], &PutOptions::key("a")).unwrap().file.id;
+        store.put(&same[..], &PutOptions::key("b")).unwrap();
+        store.put(&b"other"[..], &PutOptions::key("c")).unwrap();
+        store.put(&same[..], &PutOptions::key("d")).unwrap();
+        store.delete(a).unwrap();
+        let before = store.report_duplicates(None).unwrap();
+        assert_eq!((before.groups_total, before.duplicate_files), (1, 1));
+        drop(store);
+        Index::open(&index_path(&dir))
+            .unwrap()
+            .drop_content_files()
+            .unwrap();
+
+        // A read-only open cannot build it, and says how to get it.
+        let ro = Store::open_read_only(&dir, Config::default()).unwrap();
+        let err = ro.report_duplicates(None).unwrap_err();
+        assert!(err.to_string().contains("read-write"), "{err}");
+        drop(ro);
+
+        let store = Store::open(&dir, Config::default()).unwrap();
+        assert_eq!(store.report_duplicates(None).unwrap(), before);
+        let v = store.verify(&()).unwrap();
+        assert!(v.is_ok(), "{v:?}");
+    }
+}
