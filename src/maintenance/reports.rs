@@ -496,5 +496,17 @@ mod tests {
         assert_eq!(store.report_duplicates(None).unwrap(), before);
         let v = store.verify(&()).unwrap();
         assert!(v.is_ok(), "{v:?}");
+
+        // verify notices a file filed under content it does not have.
+        store.inner.index.misfile_content(a).unwrap();
+        let v = store.verify(&()).unwrap();
+        assert!(!v.is_ok());
+        assert!(
+            v.problems
+                .iter()
+                .any(|p| p.contains(&a.to_string()) && p.contains("content")),
+            "{:?}",
+            v.problems
+        );
     }
 }
