@@ -55,6 +55,10 @@ pub use id::{ChunkId, FileId};
 pub use maintenance::gc::{GcOptions, GcReport, PurgeReport};
 pub use maintenance::progress::Progress;
 pub use maintenance::recover::{RecoverReport, recover};
+pub use maintenance::reports::{
+    AccountTierUsage, CategoryUsage, DuplicateFile, DuplicateGroup, DuplicatesReport, OwnerUsage,
+    StorageReport, TierUsage, UnreadFile, UnreadQuery, UnreadReport, Usage,
+};
 pub use maintenance::rescan::{RescanChange, RescanOptions, RescanReport};
 pub use maintenance::verify::VerifyReport;
 pub use maintenance::verify::{AffectedFile, DamagedChunk};

@@ -80,6 +80,10 @@ pub struct Config {
     /// verdict (see [`crate::scan`]).
     pub scan: Option<ScanConfig>,
     pub clock: Arc<dyn Clock>,
+    /// Reads note a file's last-read day in memory; a read at least this long (by `clock`)
+    /// after the last write of those notes writes them, in one transaction (default 60 s).
+    /// Commits, [`Store::flush`] and closing the store write them too.
+    pub access_flush_interval: std::time::Duration,
 }
 
 impl Default for Config {
@@ -95,6 +99,7 @@ impl Default for Config {
             policy: Arc::new(Policy::default()),
             scan: None,
             clock: Arc::new(SystemClock),
+            access_flush_interval: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -110,6 +115,7 @@ impl std::fmt::Debug for Config {
             .field("max_upload", &self.max_upload)
             .field("upload_ttl", &self.upload_ttl)
             .field("scan", &self.scan)
+            .field("access_flush_interval", &self.access_flush_interval)
             .finish_non_exhaustive()
     }
 }
@@ -382,8 +388,16 @@ pub(crate) struct Inner {
     pub open_report: OpenReport,
     /// Chunks claimed by puts in flight, so concurrent puts of the same data write one copy.
     pub pending: Mutex<HashMap<ChunkId, pipeline::Slot>>,
-    /// Access times not yet written to the index (written with the next commit or on close).
+    /// Access times not yet written to the index (written with the next commit, on close, or
+    /// by a read once `access_flush_interval` has passed). Only files whose recorded last-read
+    /// day is older than the read's are noted, so this holds at most the distinct files read
+    /// since the last write.
     pub touched: Mutex<HashMap<FileId, i64>>,
+    /// When (store clock, ms) the oldest access time in `touched` was noted; `i64::MAX` while
+    /// `touched` is empty. Changed only under the `touched` lock.
+    pub touched_oldest_ms: std::sync::atomic::AtomicI64,
+    /// A read is writing the noted access times (the others do not queue behind it).
+    pub touched_flushing: std::sync::atomic::AtomicBool,
     /// Bytes of chunk data in put pipelines, capped.
     pub in_flight: Arc<InFlight>,
     pub committer: Committer,
@@ -423,7 +437,12 @@ fn check_level(level: i32) -> Result<()> {
 impl Inner {
     /// Moves the access times noted by reads into the open write transaction.
     pub(crate) fn write_access_times(&self, w: &mut crate::index::WriteTx) -> Result<()> {
-        let touched: Vec<(FileId, i64)> = self.touched.lock().unwrap().drain().collect();
+        let touched: Vec<(FileId, i64)> = {
+            let mut t = self.touched.lock().unwrap();
+            self.touched_oldest_ms
+                .store(i64::MAX, std::sync::atomic::Ordering::Relaxed);
+            t.drain().collect()
+        };
         for (id, at) in touched {
             w.touch(id, at)?;
         }
@@ -709,6 +728,7 @@ impl Store {
         drop(r);
         if !read_only {
             index.ensure_zero_refs(config.clock.now_ms())?;
+            index.ensure_content_files()?;
         }
         let storage = match storage {
             Some(s) => s,
@@ -735,6 +755,8 @@ impl Store {
                 open_report,
                 pending: Mutex::new(HashMap::new()),
                 touched: Mutex::new(HashMap::new()),
+                touched_oldest_ms: std::sync::atomic::AtomicI64::new(i64::MAX),
+                touched_flushing: std::sync::atomic::AtomicBool::new(false),
                 in_flight,
                 committer: Committer::new(),
                 gc_pins: Default::default(),
@@ -1033,8 +1055,9 @@ impl Store {
                 range.start, range.end
             )));
         }
+        drop(r);
         if access && !self.inner.read_only {
-            self.inner.touched.lock().unwrap().insert(id, self.now());
+            self.note_read(&f);
         }
         Ok(FileReader::new(self.clone(), id, version, chunks, range))
     }
@@ -1136,7 +1159,47 @@ impl Store {
         })
     }
 
+    /// Notes that `f` was read now. Cheap on the common path: nothing when the index already
+    /// has today as the file's last-read day; otherwise a map insert; and once the oldest
+    /// noted read is `access_flush_interval` old, the read that notices writes them all in one
+    /// transaction. A failed write only loses access times, so the read goes on.
+    fn note_read(&self, f: &crate::index::FileRecord) {
+        use std::sync::atomic::Ordering;
+        let now = self.now();
+        if crate::index::day_of(f.accessed_ms) >= crate::index::day_of(now) {
+            return;
+        }
+        let oldest = {
+            let mut t = self.inner.touched.lock().unwrap();
+            t.insert(f.id, now);
+            let oldest = self.inner.touched_oldest_ms.load(Ordering::Relaxed);
+            if oldest == i64::MAX {
+                self.inner.touched_oldest_ms.store(now, Ordering::Relaxed);
+                now
+            } else {
+                oldest
+            }
+        };
+        let interval = self.inner.config.access_flush_interval.as_millis() as i64;
+        // One reader writes; the others go on reading rather than queue for the index.
+        if now.saturating_sub(oldest) >= interval
+            && self
+                .inner
+                .touched_flushing
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            if let Err(e) = self.flush() {
+                tracing::warn!("could not record access times: {e}");
+            }
+            self.inner.touched_flushing.store(false, Ordering::Release);
+        }
+    }
+
     /// Writes pending access times to the index. Also done with every commit and on drop.
+    ///
+    /// Durable (one fsync), so a crash loses at most the reads noted since the last flush,
+    /// commit or read-triggered write — one `access_flush_interval` of reads.
     pub fn flush(&self) -> Result<()> {
         if self.inner.touched.lock().unwrap().is_empty() {
             return Ok(());

@@ -129,9 +129,11 @@ pub struct Checksum {
     pub digest: Vec<u8>,
 }
 
-/// What [`Store::upload_sweep_expired`] removed.
+/// What [`Store::upload_sweep_expired`] removed (or, in a dry run, would remove).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct SweepReport {
+    /// Nothing was removed: the counts say what a sweep now would remove.
+    pub dry_run: bool,
     /// Expired sessions removed, with their staged data.
     pub expired_sessions: u64,
     /// Staged files that belonged to no session, removed.
@@ -763,8 +765,17 @@ impl Store {
     /// Removes expired sessions with their staged data, and staged files that belong to no
     /// session (left by a crash or by `recover`). Sessions being written to are skipped.
     pub fn upload_sweep_expired(&self) -> Result<SweepReport> {
+        self.upload_sweep(false)
+    }
+
+    /// [`Store::upload_sweep_expired`], or with `dry_run` only its report: the same sessions
+    /// and files are chosen (sessions being written to are skipped too), nothing is removed.
+    pub fn upload_sweep(&self, dry_run: bool) -> Result<SweepReport> {
         self.check_writable()?;
-        let mut report = SweepReport::default();
+        let mut report = SweepReport {
+            dry_run,
+            ..Default::default()
+        };
         let now = self.upload_now();
         let sessions = self.inner().index.read()?.uploads()?;
         for rec in sessions.iter().filter(|r| expired(&r.session, now)) {
@@ -776,7 +787,11 @@ impl Store {
                 Some(r) if expired(&r.session, now) => {}
                 _ => continue,
             }
-            report.bytes_freed += self.remove_upload(id)?;
+            report.bytes_freed += if dry_run {
+                file_len(&self.part_path(id))
+            } else {
+                self.remove_upload(id)?
+            };
             report.expired_sessions += 1;
         }
 
@@ -804,6 +819,11 @@ impl Store {
             }
             let path = entry.path();
             let len = file_len(&path);
+            if dry_run {
+                report.orphan_files += 1;
+                report.bytes_freed += len;
+                continue;
+            }
             match fs::remove_file(&path) {
                 Ok(()) => {
                     report.orphan_files += 1;

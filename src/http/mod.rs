@@ -5,6 +5,7 @@
 //! both ways through bounded channels (`bridge`), so a 5 GiB upload or download holds a few
 //! hundred KiB. Engine errors become statuses in one place (`error`).
 
+mod admin;
 mod auth;
 mod bridge;
 mod download;
@@ -93,6 +94,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/admin/storage/stats", get(files::admin_stats))
         .route("/api/admin/quarantine", get(files::quarantine))
         .route("/api/admin/scan/rescan", post(files::rescan))
+        // Maintenance: reports and cleanup jobs (admin only).
+        .route("/api/admin/cleanup/orphaned", get(admin::orphaned))
+        .route("/api/admin/cleanup/duplicates", get(admin::duplicates))
+        .route("/api/admin/cleanup/deleted", post(admin::deleted))
+        .route("/api/admin/cleanup/temp", post(admin::temp))
+        .route("/api/admin/gc", post(admin::gc))
+        .route("/api/admin/reports/storage", get(admin::storage))
         .route("/healthz", get(files::healthz))
         .route("/metrics", get(metrics::render))
         .fallback(|| async { ApiError::not_found("route") })

@@ -115,6 +115,7 @@ macro_rules! gc_lookups {
             dump!(TOKENS, "tokens");
             dump!(ZERO_REFS, "zero_refs");
             dump!(PACK_GARBAGE, "pack_garbage");
+            dump!(CONTENT_FILES, "content_files");
             Ok(out)
         }
     };
@@ -252,6 +253,8 @@ impl WriteTx {
         let Some(f) = self.file(file)? else {
             return Ok(Vec::new());
         };
+        let content = self.version(file, f.latest)?.map(|v| v.meta.blake3);
+        self.set_content(file, content.as_deref(), None)?;
         let mut out = Vec::new();
         for v in self.versions(file)? {
             if let Some(loc) = self.remove_version(file, v.meta.version, at_ms)? {

@@ -8,6 +8,7 @@
 //! staging state that recovery drops.
 
 mod gc;
+mod reports;
 mod schema;
 mod uploads;
 mod users;
@@ -160,6 +161,8 @@ impl Index {
             tx.open_table(UPLOADS).map_err(ix("creating tables"))?;
             tx.open_table(ZERO_REFS).map_err(ix("creating tables"))?;
             tx.open_table(PACK_GARBAGE).map_err(ix("creating tables"))?;
+            tx.open_table(CONTENT_FILES)
+                .map_err(ix("creating tables"))?;
         }
         w.commit()?;
         Ok(index)
@@ -626,6 +629,7 @@ impl WriteTx {
         mut row_for: impl FnMut(&ChunkId) -> Option<ChunkRow>,
     ) -> Result<(FileRecord, Vec<ChunkId>)> {
         // Decide the file first: a version that cannot apply must change nothing.
+        let mut old_content = None;
         let (file, is_new) = match self.file(meta.file_id)? {
             Some(mut f) => {
                 if meta.version <= f.latest {
@@ -634,6 +638,7 @@ impl WriteTx {
                         meta.version, meta.file_id, f.latest
                     )));
                 }
+                old_content = self.version(f.id, f.latest)?.map(|v| v.meta.blake3);
                 f.latest = meta.version;
                 f.updated_ms = meta.created_ms;
                 f.accessed_ms = f.accessed_ms.max(meta.created_ms);
@@ -692,6 +697,7 @@ impl WriteTx {
             chunk_count: chunks.len() as u64,
         };
         self.insert_version(&record, chunks)?;
+        self.set_content(file.id, old_content.as_deref(), Some(&meta.blake3))?;
         Ok((file, missing))
     }
 
@@ -770,10 +776,11 @@ impl WriteTx {
         Ok(Some(f))
     }
 
-    /// Stores access times (best effort; see [`WriteTx::commit_lazy`]).
+    /// Stores access times (best effort; see [`WriteTx::commit_lazy`]). Day granularity: a
+    /// file already marked read on that day (UTC) is not rewritten.
     pub fn touch(&mut self, id: FileId, accessed_ms: i64) -> Result<()> {
         if let Some(mut f) = self.file(id)?
-            && f.accessed_ms < accessed_ms
+            && day_of(f.accessed_ms) < day_of(accessed_ms)
         {
             f.accessed_ms = accessed_ms;
             self.update_file(&f)?;
@@ -809,6 +816,11 @@ impl WriteTx {
 /// When a file whose current version is `meta` became quarantined: when that version was made.
 fn quarantined_since(meta: &VersionMeta) -> Option<i64> {
     (meta.flags & crate::pack::manifest::flags::QUARANTINED != 0).then_some(meta.created_ms)
+}
+
+/// The day (UTC, days since the Unix epoch) of a time in ms: the granularity of last-read times.
+pub fn day_of(ms: i64) -> i64 {
+    ms.div_euclid(86_400_000)
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {

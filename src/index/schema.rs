@@ -46,6 +46,12 @@ pub const ZERO_REFS: TableDefinition<&[u8; 32], i64> = TableDefinition::new("zer
 /// of purged versions): what compaction would reclaim.
 pub const PACK_GARBAGE: TableDefinition<u32, u64> = TableDefinition::new("pack_garbage");
 
+/// (BLAKE3 of a file's current content, file id) → (): files grouped by content, for the
+/// duplicates report. One row per file in `files` (deleted ones included until purged); derived
+/// from the versions, so `recover` rebuilds it by replay.
+pub const CONTENT_FILES: TableDefinition<(&[u8; 32], u128), ()> =
+    TableDefinition::new("content_files");
+
 pub const CHUNK_ROW_LEN: usize = 32;
 pub const PACK_ROW_LEN: usize = 9;
 

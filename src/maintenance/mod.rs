@@ -6,6 +6,7 @@
 pub mod gc;
 pub mod progress;
 pub mod recover;
+pub mod reports;
 pub mod rescan;
 pub mod verify;
 

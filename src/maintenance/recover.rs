@@ -310,6 +310,9 @@ pub fn recover(
         }
     }
     w.set_packs(&states)?;
+    // Last-read times are not journaled: replay leaves each file at its latest write. Reports
+    // count no file as unread for longer than the time since this rebuild.
+    w.set_meta(crate::maintenance::reports::READS_SINCE, &now.to_le_bytes())?;
     carry_over_users(dir, &mut w, &mut report);
     let counters = w.counters()?;
     report.chunks = counters.chunks;

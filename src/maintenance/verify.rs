@@ -255,11 +255,26 @@ impl Store {
             }
             Ok(())
         })?;
+        let mut contents = std::collections::BTreeSet::new();
         for f in files.values() {
-            if r.version(f.id, f.latest)?.is_none() {
-                report.problems.push(format!(
+            match r.version(f.id, f.latest)? {
+                None => report.problems.push(format!(
                     "file {}: current version {} is missing",
                     f.id, f.latest
+                )),
+                Some(v) => {
+                    if let Ok(h) = blake3::Hash::from_hex(&v.meta.blake3) {
+                        contents.insert((*h.as_bytes(), f.id));
+                    }
+                }
+            }
+        }
+        // The duplicates report's grouping: one row per file, under its current content.
+        if let Some(rows) = r.content_rows()? {
+            let rows: std::collections::BTreeSet<_> = rows.into_iter().collect();
+            for (_, id) in rows.symmetric_difference(&contents) {
+                report.problems.push(format!(
+                    "file {id}: the content table disagrees with its current version"
                 ));
             }
         }

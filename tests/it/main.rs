@@ -10,6 +10,7 @@ mod gc;
 mod http;
 mod pipeline;
 mod recover;
+mod reports;
 mod rescan;
 mod scan;
 mod tus;

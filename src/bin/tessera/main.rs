@@ -11,6 +11,7 @@
 
 mod admin;
 mod files;
+mod report;
 mod scan;
 #[cfg(feature = "server")]
 mod serve;
@@ -102,6 +103,9 @@ enum Cmd {
     Purge(admin::PurgeArgs),
     /// Rebuild the index from the pack files (the store must not be in use).
     Recover,
+    /// Reports: files unread for N days, identical files, storage by category/owner/tier.
+    #[command(subcommand)]
+    Report(report::ReportCmd),
     /// Run the HTTP service on the store.
     Serve(serve::ServeArgs),
     /// Manage the users and tokens of the HTTP service.
@@ -308,6 +312,7 @@ fn main() -> ExitCode {
         Cmd::Gc(args) => admin::gc(&ctx, &args),
         Cmd::Purge(args) => admin::purge(&ctx, &args),
         Cmd::Recover => admin::recover(&ctx),
+        Cmd::Report(c) => report::report(&ctx, c),
         Cmd::Serve(a) => serve::serve(&ctx, a),
         Cmd::User(c) => serve::user(&ctx, c),
         Cmd::Scan(a) => scan::scan(&ctx, &a),
