@@ -8,6 +8,7 @@
 //! staging state that recovery drops.
 
 mod gc;
+mod quota;
 mod schema;
 mod uploads;
 mod users;
@@ -26,6 +27,7 @@ use crate::pack::manifest::{
     ChunkRef, FileEvent, VersionMeta, decode_chunk_list, encode_chunk_list,
 };
 use crate::pack::{Location, PackState};
+pub use quota::day_of;
 use schema::*;
 pub use schema::{ChunkRow, INDEX_FORMAT};
 pub use uploads::UploadRecord;
@@ -155,6 +157,8 @@ impl Index {
             tx.open_table(UPLOADS).map_err(ix("creating tables"))?;
             tx.open_table(ZERO_REFS).map_err(ix("creating tables"))?;
             tx.open_table(PACK_GARBAGE).map_err(ix("creating tables"))?;
+            tx.open_table(quota::OWNER_USAGE)
+                .map_err(ix("creating tables"))?;
         }
         w.commit()?;
         Ok(index)
@@ -218,6 +222,7 @@ impl Index {
             tx: db
                 .begin_write()
                 .map_err(ix("starting a write transaction"))?,
+            usage_touched: Default::default(),
         })
     }
 }
@@ -487,6 +492,8 @@ impl ReadTx {
 /// The single write transaction. Dropping it without [`WriteTx::commit`] aborts it.
 pub struct WriteTx {
     tx: WriteTransaction,
+    /// Owners whose usage changed in this transaction (see `quota.rs`).
+    usage_touched: std::collections::BTreeSet<String>,
 }
 
 impl WriteTx {
@@ -604,7 +611,8 @@ impl WriteTx {
                 .map_err(ix("writing version chunks"))?;
         }
         self.add_counter("versions", 1)?;
-        self.add_counter("logical_bytes", v.meta.size as i64)
+        self.add_counter("logical_bytes", v.meta.size as i64)?;
+        self.add_usage(&v.meta.owner, v.meta.size as i64, v.meta.created_ms)
     }
 
     /// Applies one file version — the same code for a live put and for replay by `recover`:
