@@ -286,7 +286,8 @@ pub struct Exceeded {
     /// Bytes held by other uploads in flight.
     pub reserved: u64,
     pub limit: u64,
-    /// Bytes the refused upload needed on top.
+    /// Bytes the refused upload needed in all (its declared size, or what it had streamed
+    /// so far).
     pub requested: u64,
     /// used / limit, in percent.
     pub percentage: f64,
@@ -423,12 +424,11 @@ impl Quotas {
         let lim = self.limits(&r, owner)?;
         let mine = t.entries.get(key).map_or(0, |e| e.bytes);
         if bytes > mine {
-            let extra = bytes - mine;
             if let Some(limit) = lim.limit {
                 let used = r.owner_usage(owner)?;
                 let reserved = t.by_owner.get(owner).copied().unwrap_or(0) - mine;
                 if used.saturating_add(reserved).saturating_add(bytes) > limit {
-                    return Err(exceeded(Scope::User, owner, used, reserved, limit, extra));
+                    return Err(exceeded(Scope::User, owner, used, reserved, limit, bytes));
                 }
             }
             if let (Some(org), Some(limit)) = (&lim.org, lim.org_limit) {
@@ -441,7 +441,7 @@ impl Quotas {
                         used,
                         reserved,
                         limit,
-                        extra,
+                        bytes,
                     ));
                 }
             }

@@ -34,7 +34,7 @@ pub struct QuotaFigures {
     pub percentage: f64,
     /// Bytes held by other uploads in flight.
     pub reserved: u64,
-    /// Bytes the refused upload needed.
+    /// Bytes the refused upload needed in all.
     pub requested: u64,
 }
 

@@ -804,30 +804,40 @@ fn warnings_reach_the_webhook() {
     let s = Service::with(|c| c.quotas.webhook = Some(hook.clone()));
     s.store.quota_set("alice", Some(100_000)).unwrap();
     s.put(&s.alice, "a.bin", &random_bytes(1, 91_000));
-    let mut got = Vec::new();
-    listener.set_nonblocking(false).unwrap();
-    for _ in 0..2 {
-        let (mut c, _) = listener.accept().unwrap();
-        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut r = BufReader::new(c.try_clone().unwrap());
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        assert_eq!(line.trim_end(), "POST /hooks/quota HTTP/1.1");
-        let mut len = 0;
-        loop {
-            let mut h = String::new();
-            r.read_line(&mut h).unwrap();
-            if h.trim_end().is_empty() {
-                break;
+    // The receiver runs on its own thread, so a missing POST fails the test instead of
+    // hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut c, _) = listener.accept().unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                if h.trim_end().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
             }
-            if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            c.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let _ = tx.send((line, body));
         }
-        let mut body = vec![0; len];
-        r.read_exact(&mut body).unwrap();
-        c.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
-            .unwrap();
+    });
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (line, body) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a webhook POST");
+        assert_eq!(line.trim_end(), "POST /hooks/quota HTTP/1.1");
         got.push(serde_json::from_slice::<Value>(&body).unwrap());
     }
     assert!(
@@ -839,4 +849,86 @@ fn warnings_reach_the_webhook() {
         .map(|v| v["event"]["level"].as_str().unwrap())
         .collect();
     assert_eq!(levels, ["medium", "high"]);
+}
+
+/// `tessera quota ...` as a process: set, show, org limits, report, alerts, history, each
+/// with `--json`; an upload over the limit fails with kind `quota_exceeded`.
+#[test]
+fn cli_quota_commands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+            .arg("--store")
+            .arg(&store)
+            .args(args)
+            .env_remove("TESSERA_OWNER")
+            .env_remove("TESSERA_CONFIG")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let json = |args: &[&str]| -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = run(&a);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    json(&["user", "add", "alice", "--tier", "free", "--org", "acme"]);
+    let out = run(&["user", "add", "eve", "--tier", "gold"]);
+    assert!(!out.status.success(), "an unknown tier is refused");
+    let v = json(&["quota", "set", "alice", "100KB"]);
+    assert_eq!(
+        (v["limit"].as_u64(), v["tier"].as_str()),
+        (Some(100_000), Some("free"))
+    );
+    let file = tmp.path().join("a.bin");
+    std::fs::write(&file, random_bytes(1, 85_000)).unwrap();
+    json(&["--owner", "alice", "put", file.to_str().unwrap()]);
+    let v = json(&["quota", "show", "alice"]);
+    assert_eq!(
+        (v["used"].as_u64(), v["level"].as_str()),
+        (Some(85_000), Some("medium"))
+    );
+    assert_eq!(v["org"], "acme");
+    let out = run(&[
+        "--json",
+        "--owner",
+        "alice",
+        "put",
+        "--key",
+        "b",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(err["error"]["kind"], "quota_exceeded", "{err}");
+    let v = json(&["quota", "org", "set", "acme", "1MB"]);
+    assert_eq!(
+        (v["used"].as_u64(), v["limit"].as_u64()),
+        (Some(85_000), Some(1_000_000))
+    );
+    let v = json(&["quota", "report"]);
+    assert_eq!(v["total_used"], 85_000);
+    assert_eq!(v["near_limit"][0]["owner"], "alice");
+    let v = json(&["quota", "alerts", "--threshold", "0.9"]);
+    assert!(v["users"].as_array().unwrap().is_empty());
+    let v = json(&["quota", "history", "alice", "--days", "3"]);
+    assert_eq!(v["days"].as_array().unwrap().len(), 3);
+    assert_eq!(v["days"][2]["used"], 85_000);
+    let v = json(&["quota", "clear", "alice"]);
+    assert_eq!(
+        v["limit"].as_u64(),
+        Some(1_000_000_000),
+        "back to the free tier"
+    );
+    let human = String::from_utf8(run(&["quota", "report"]).stdout).unwrap();
+    assert!(human.contains("alice") && human.contains("acme"), "{human}");
+    let out = run(&["verify"]);
+    assert!(out.status.success());
 }
