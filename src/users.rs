@@ -86,7 +86,13 @@ impl Store {
                 created_ms: now,
             },
         )?;
+        // An owner that stored files before becoming a user starts at the right level.
+        let mut events = Vec::new();
+        self.inner
+            .quotas
+            .settle_owner(&mut w, name, now, &mut events)?;
         w.commit()?;
+        self.inner.quotas.publish(events);
         Ok((user, token))
     }
 

@@ -54,6 +54,16 @@ macro_rules! quota_lookups {
                 .map_or(0, |v| v.value()))
         }
 
+        /// Whether the index has usage counters (older indexes get them on their first
+        /// read-write open).
+        pub fn has_usage(&self) -> Result<bool> {
+            match self.tx.open_table(OWNER_USAGE) {
+                Ok(_) => Ok(true),
+                Err(TableError::TableDoesNotExist(_)) => Ok(false),
+                Err(e) => Err(ix("opening owner usage")(e)),
+            }
+        }
+
         /// Every owner's usage, by name.
         pub fn all_owner_usage(&self) -> Result<BTreeMap<String, u64>> {
             let t = open_or_empty!(self.tx, OWNER_USAGE, "opening owner usage", BTreeMap::new());

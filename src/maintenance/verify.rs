@@ -280,11 +280,17 @@ impl Store {
         }
         // 5. Quota usage counters: equal to a recount of the versions (per owner, and per
         // organisation of the owners that are users).
+        // An index older than the counters, opened read-only, has none to check yet.
         let (owners, orgs) = r.recount_usage()?;
-        for (what, recorded, counted) in [
-            ("owner", r.all_owner_usage()?, owners),
-            ("organisation", r.all_org_usage()?, orgs),
-        ] {
+        let checked = if r.has_usage()? {
+            vec![
+                ("owner", r.all_owner_usage()?, owners),
+                ("organisation", r.all_org_usage()?, orgs),
+            ]
+        } else {
+            Vec::new()
+        };
+        for (what, recorded, counted) in checked {
             let names: std::collections::BTreeSet<&String> =
                 recorded.keys().chain(counted.keys()).collect();
             for name in names {

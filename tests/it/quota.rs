@@ -932,3 +932,53 @@ fn cli_quota_commands() {
     let out = run(&["verify"]);
     assert!(out.status.success());
 }
+
+/// `verify` catches a usage counter that disagrees with the versions; an index from before
+/// the counters passes read-only and gets them, right, on its first read-write open.
+#[test]
+fn verify_checks_the_counters_and_old_indexes_get_them() {
+    use redb::{ReadableDatabase, TableDefinition};
+    const OWNER_USAGE: TableDefinition<&str, u64> = TableDefinition::new("owner_usage");
+    let (tmp, store, _) = clocked();
+    user(&store, "alice", None, None, Some("acme"));
+    store
+        .put(&random_bytes(1, 50_000)[..], &opts("alice", "a.bin", None))
+        .unwrap();
+    drop(store);
+    let index = tmp.path().join("index.redb");
+    {
+        let db = redb::Database::open(&index).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(OWNER_USAGE)
+            .unwrap()
+            .insert("alice", 49_999)
+            .unwrap();
+        w.commit().unwrap();
+    }
+    let ro = Store::open_read_only(tmp.path(), Config::default()).unwrap();
+    let report = ro.verify(&()).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains("\"alice\"") && p.contains("49999")),
+        "{:?}",
+        report.problems
+    );
+    drop(ro);
+    // An old index: no usage tables at all.
+    {
+        let db = redb::Database::open(&index).unwrap();
+        let w = db.begin_write().unwrap();
+        w.delete_table(OWNER_USAGE).unwrap();
+        w.commit().unwrap();
+        let r = db.begin_read().unwrap();
+        assert!(r.open_table(OWNER_USAGE).is_err());
+    }
+    let ro = Store::open_read_only(tmp.path(), Config::default()).unwrap();
+    assert!(ro.verify(&()).unwrap().is_ok());
+    drop(ro);
+    let store = Store::open(tmp.path(), Config::default()).unwrap();
+    assert_eq!(store.quota_status("alice").unwrap().used, 50_000);
+    assert!(store.verify(&()).unwrap().is_ok());
+}
