@@ -329,7 +329,7 @@ impl Table {
         let e = self.entries.remove(key)?;
         let dec = |m: &mut HashMap<String, u64>, k: &str| {
             if let Some(v) = m.get_mut(k) {
-                *v -= e.bytes;
+                *v = v.saturating_sub(e.bytes);
                 if *v == 0 {
                     m.remove(k);
                 }
@@ -426,14 +426,19 @@ impl Quotas {
         if bytes > mine {
             if let Some(limit) = lim.limit {
                 let used = r.owner_usage(owner)?;
-                let reserved = t.by_owner.get(owner).copied().unwrap_or(0) - mine;
+                let reserved = t
+                    .by_owner
+                    .get(owner)
+                    .copied()
+                    .unwrap_or(0)
+                    .saturating_sub(mine);
                 if used.saturating_add(reserved).saturating_add(bytes) > limit {
                     return Err(exceeded(Scope::User, owner, used, reserved, limit, bytes));
                 }
             }
             if let (Some(org), Some(limit)) = (&lim.org, lim.org_limit) {
                 let used = r.org_usage(org)?;
-                let reserved = t.by_org.get(org).copied().unwrap_or(0) - mine;
+                let reserved = t.by_org.get(org).copied().unwrap_or(0).saturating_sub(mine);
                 if used.saturating_add(reserved).saturating_add(bytes) > limit {
                     return Err(exceeded(
                         Scope::Organisation,
