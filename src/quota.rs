@@ -43,7 +43,8 @@ pub struct Limit(pub Option<u64>);
 impl Serialize for Limit {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
         match self.0 {
-            Some(n) => s.serialize_str(&bytesize::ByteSize::b(n).to_string()),
+            // Bytes, exactly: a rounded "1.2 MB" would not read back as the same limit.
+            Some(n) => s.serialize_u64(n),
             None => s.serialize_str("unlimited"),
         }
     }
@@ -1151,6 +1152,11 @@ mod tests {
         assert!(toml::from_str::<QuotaConfig>("unregistered = \"lots\"\n").is_err());
         let d = QuotaConfig::default();
         assert_eq!(d.tiers["free"], Limit(Some(GB)));
+        let mut odd = d.clone();
+        odd.unregistered = Limit(Some(1_234_567));
+        let back: QuotaConfig = toml::from_str(&toml::to_string(&odd).unwrap()).unwrap();
+        assert_eq!(back.unregistered, Limit(Some(1_234_567)));
+        assert_eq!(back.tiers, d.tiers);
         assert_eq!(d.tiers["enterprise"], Limit(None));
     }
 
