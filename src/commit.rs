@@ -184,15 +184,22 @@ fn commit_group(inner: &Inner, batch: Vec<Job>) {
             }
         }
     }
+    // Quota warning levels move in the same transaction as the usage they follow, so a
+    // crossing is raised exactly once, and only if the commit happens.
+    let mut events = Vec::new();
     let result = match fatal {
         Some(e) => Err(e),
-        None => finish(inner, w),
+        None => inner.quotas.settle(&mut w, now).and_then(|ev| {
+            events = ev;
+            finish(inner, w)
+        }),
     };
     match result {
         Ok(()) => {
             for (reply, info) in done {
                 let _ = reply.send(Ok(info));
             }
+            inner.quotas.publish(events);
         }
         Err(e) => {
             for loc in appended {

@@ -21,6 +21,19 @@
 //! categories = ["documents", "archives"]       # or ["all"]
 //! stream_max = "100MiB"                        # clamd's StreamMaxLength must be at least this
 //!
+//! [quotas]                                     # every key optional
+//! default_tier = "free"                        # tier of users without one (default: unlimited)
+//! unregistered = "unlimited"                   # owners that are not users (library, CLI)
+//! webhook = "http://127.0.0.1:9000/quota"      # warnings POSTed as JSON by `serve`
+//! webhook_timeout = "5s"
+//! [quotas.tiers]                               # default: these four
+//! free = "1GB"
+//! basic = "10GB"
+//! pro = "100GB"
+//! enterprise = "unlimited"
+//! [quotas.orgs]                                # `tessera quota org set` overrides at run time
+//! acme = "500GB"
+//!
 //! [categories.images]                          # replaces the built-in category list
 //! extensions = ["jpg", "jpeg", "png"]
 //! mime_types = ["image/jpeg", "image/png"]
@@ -37,6 +50,7 @@ use bytesize::ByteSize;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
+use crate::quota::QuotaConfig;
 use crate::scan::{
     Clamd, ClamdAddress, DEFAULT_STREAM_MAX, ScanCategories, ScanConfig, Scanner, Timeouts,
 };
@@ -55,6 +69,9 @@ pub struct Settings {
     pub categories: Option<BTreeMap<String, CategoryRule>>,
     /// Virus scanning with clamd. Absent: uploads are not scanned (`serve` warns about it).
     pub scan: Option<ScanSettings>,
+    /// Quotas: tier limits, the default tier, the limit of owners that are not users,
+    /// organisation limits, the warning webhook (see [`QuotaConfig`]).
+    pub quotas: QuotaConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -235,6 +252,7 @@ impl Settings {
 
     /// Cross-section checks: scanned categories must exist.
     pub fn check(&self) -> std::result::Result<(), String> {
+        self.quotas.check()?;
         if let Some(scan) = &self.scan {
             let policy = self.policy();
             for c in &scan.categories {
@@ -278,6 +296,7 @@ impl Settings {
                 .scan
                 .as_ref()
                 .map(|s| s.scan_config(Arc::new(s.clamd()))),
+            quotas: self.quotas.clone(),
             ..Config::default()
         }
     }
@@ -329,6 +348,30 @@ mod tests {
         let err = Settings::parse("[server]\nlisen = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(err.contains("lisen"), "{err}");
         assert!(Settings::parse("[uploads]\nsession_ttl = \"soon\"\n").is_err());
+    }
+
+    #[test]
+    fn quotas_section() {
+        let d = Settings::default();
+        assert_eq!(d.quotas.tiers.len(), 4);
+        assert!(d.quotas.default_tier.is_none() && d.quotas.webhook.is_none());
+        let s = Settings::parse(
+            "[quotas]\ndefault_tier = \"basic\"\nwebhook = \"http://127.0.0.1:1/q\"\n\
+             [quotas.tiers]\nbasic = \"5MiB\"\n[quotas.orgs]\nacme = \"1GB\"\n",
+        )
+        .unwrap();
+        let c = s.store_config().quotas;
+        assert_eq!(c.tiers.len(), 1, "a tiers table replaces the defaults");
+        assert_eq!(c.tiers["basic"].0, Some(5 << 20));
+        assert_eq!(c.orgs["acme"].0, Some(1_000_000_000));
+        for bad in [
+            "[quotas]\ndefault_tier = \"gold\"\n",
+            "[quotas]\nwebhook = \"https://x\"\n",
+            "[quotas]\nunregisterd = \"1GB\"\n",
+            "[quotas.tiers]\nfree = \"much\"\n",
+        ] {
+            assert!(Settings::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

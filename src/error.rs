@@ -111,6 +111,17 @@ pub enum Error {
     /// nothing was stored; retry later.
     #[error("virus scanner unavailable, nothing was stored: {0}")]
     ScanUnavailable(String),
+
+    /// The upload does not fit the owner's (or the owner's organisation's) quota: usage plus
+    /// the uploads in flight plus this one would pass the limit. Decided before any byte is
+    /// stored when the size is declared, else while streaming; nothing is committed.
+    #[error(
+        "quota exceeded: {scope} {name:?} stores {used} of its {limit} bytes ({percentage:.2} %), \
+         {reserved} more are reserved by uploads in flight, and {requested} more do not fit",
+        scope = .0.scope, name = .0.name, used = .0.used, limit = .0.limit,
+        percentage = .0.percentage, reserved = .0.reserved, requested = .0.requested
+    )]
+    QuotaExceeded(Box<crate::quota::Exceeded>),
 }
 
 impl Error {
@@ -176,6 +187,7 @@ impl Error {
                 signature: signature.clone(),
             },
             Error::ScanUnavailable(m) => Error::ScanUnavailable(m.clone()),
+            Error::QuotaExceeded(x) => Error::QuotaExceeded(x.clone()),
         }
     }
 

@@ -42,6 +42,7 @@ pub mod index;
 pub mod maintenance;
 pub mod pack;
 mod pipeline;
+pub mod quota;
 mod reader;
 pub mod scan;
 pub mod store;
@@ -62,6 +63,7 @@ pub use maintenance::reports::{
 pub use maintenance::rescan::{RescanChange, RescanOptions, RescanReport};
 pub use maintenance::verify::VerifyReport;
 pub use maintenance::verify::{AffectedFile, DamagedChunk};
+pub use quota::{QuotaConfig, QuotaEvent, QuotaStatus};
 pub use store::{
     Config, FileInfo, FileReader, ListPage, ListQuery, PutOptions, PutReport, Store, StoreStats,
     VersionInfo,

@@ -36,6 +36,7 @@ use crate::pack::record::RecordKind;
 use crate::pack::storage::{FsPackStorage, PackStorage, sync_dir};
 use crate::pack::{Location, OpenReport, Packs};
 use crate::pipeline::{self, InFlight};
+use crate::quota::{Admission, QuotaConfig, QuotaGate, Quotas};
 pub use crate::reader::FileReader;
 use crate::scan::{Outcome, ScanConfig, ScanGate, ScanStamp};
 use crate::validate::{self, Guarded, Policy};
@@ -79,6 +80,9 @@ pub struct Config {
     /// streams its content to the scanner as the pipeline reads it and commits only with a
     /// verdict (see [`crate::scan`]).
     pub scan: Option<ScanConfig>,
+    /// Quota rules (default: the SPEC's tiers; users without a tier and owners that are not
+    /// users are unlimited). See [`crate::quota`].
+    pub quotas: QuotaConfig,
     pub clock: Arc<dyn Clock>,
     /// Reads note a file's last-read day in memory; a read at least this long (by `clock`)
     /// after the last write of those notes writes them, in one transaction (default 60 s).
@@ -98,6 +102,7 @@ impl Default for Config {
             upload_ttl: std::time::Duration::from_secs(24 * 60 * 60),
             policy: Arc::new(Policy::default()),
             scan: None,
+            quotas: QuotaConfig::default(),
             clock: Arc::new(SystemClock),
             access_flush_interval: std::time::Duration::from_secs(60),
         }
@@ -116,6 +121,7 @@ impl std::fmt::Debug for Config {
             .field("upload_ttl", &self.upload_ttl)
             .field("scan", &self.scan)
             .field("access_flush_interval", &self.access_flush_interval)
+            .field("quotas", &self.quotas)
             .finish_non_exhaustive()
     }
 }
@@ -405,6 +411,8 @@ pub(crate) struct Inner {
     pub gc_pins: crate::maintenance::gc::GcPins,
     /// Upload sessions being written to right now (one writer per session).
     pub upload_writers: crate::upload::Writers,
+    /// Quota rules, reservations of uploads in flight, warning subscribers.
+    pub quotas: Quotas,
     /// Opened with `open_read_only`.
     pub read_only: bool,
     _lock: File,
@@ -729,7 +737,9 @@ impl Store {
         if !read_only {
             index.ensure_zero_refs(config.clock.now_ms())?;
             index.ensure_content_files()?;
+            index.ensure_usage(config.clock.now_ms())?;
         }
+        config.quotas.check().map_err(Error::InvalidInput)?;
         let storage = match storage {
             Some(s) => s,
             None => Arc::new(
@@ -745,7 +755,8 @@ impl Store {
             read_only,
         )?;
         let in_flight = Arc::new(InFlight::new(config.max_in_flight));
-        Ok(Store {
+        let quotas = Quotas::new(config.quotas.clone());
+        let store = Store {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
                 identity,
@@ -761,10 +772,13 @@ impl Store {
                 committer: Committer::new(),
                 gc_pins: Default::default(),
                 upload_writers: Default::default(),
+                quotas,
                 read_only,
                 _lock: lock,
             }),
-        })
+        };
+        crate::quota::load_sessions(&store.inner)?;
+        Ok(store)
     }
 
     pub fn dir(&self) -> &Path {
@@ -826,12 +840,30 @@ impl Store {
     /// signature and the file; with no verdict (scanner down, timing out, failing) the put fails
     /// with [`Error::ScanUnavailable`] and commits nothing, unless `fail_open` stores it marked
     /// unscanned.
+    ///
+    /// The owner's quota (and the organisation's) must have room: the declared size is
+    /// reserved before any byte is read, and the reservation grows as the content streams;
+    /// when it cannot, the put fails with [`Error::QuotaExceeded`] and commits nothing.
     pub fn put(&self, source: impl Read, opts: &PutOptions) -> Result<PutReport> {
-        let (prepared, mut source) = self.prepare_put(opts, source)?;
+        self.put_admitted(source, opts, None)
+    }
+
+    /// A put whose quota reservation may already be held, in part, by the resumable session
+    /// `session` (its finish).
+    pub(crate) fn put_admitted(
+        &self,
+        source: impl Read,
+        opts: &PutOptions,
+        session: Option<&str>,
+    ) -> Result<PutReport> {
+        let (prepared, mut source) = self.prepare_put(opts, source, session)?;
         let mut ingested = pipeline::ingest(&self.inner, &mut source)?;
         let outcome = source.finish()?;
+        // Held until the commit has turned it into usage.
+        let hold = prepared.quota.clone();
         let (change, counts) = prepared.change(&mut ingested, outcome);
         let file = self.inner.committer.commit(&self.inner, change)?;
+        drop(hold);
         // Only now may the put's chunk claims end (see `pipeline::Claims`).
         drop(ingested);
         counts.report(file)
@@ -850,22 +882,26 @@ impl Store {
         for (source, opts) in items {
             let slot = results.len();
             results.push(None);
-            let ingested = self.prepare_put(&opts, source).and_then(|(p, mut source)| {
-                let ingested = pipeline::ingest(&self.inner, &mut source)?;
-                Ok((p, ingested, source.finish()?))
-            });
+            let ingested = self
+                .prepare_put(&opts, source, None)
+                .and_then(|(p, mut source)| {
+                    let ingested = pipeline::ingest(&self.inner, &mut source)?;
+                    Ok((p, ingested, source.finish()?))
+                });
             match ingested {
                 Ok((prepared, mut ingested, outcome)) => {
+                    let hold = prepared.quota.clone();
                     let (change, counts) = prepared.change(&mut ingested, outcome);
                     changes.push(change);
-                    pending.push((slot, counts, ingested));
+                    pending.push((slot, counts, ingested, hold));
                 }
                 Err(e) => results[slot] = Some(Err(e)),
             }
         }
         let committed = self.inner.committer.commit_all(&self.inner, changes);
-        for ((slot, counts, ingested), outcome) in pending.into_iter().zip(committed) {
+        for ((slot, counts, ingested, hold), outcome) in pending.into_iter().zip(committed) {
             results[slot] = Some(outcome.and_then(|file| counts.report(file)));
+            drop(hold);
             drop(ingested);
         }
         results
@@ -879,11 +915,12 @@ impl Store {
     /// type, and enforces the category's size limit; when the category is virus-scanned, it
     /// feeds the scan as it is read.
     #[allow(clippy::type_complexity)]
-    fn prepare_put<R: Read>(
-        &self,
+    fn prepare_put<'s, R: Read>(
+        &'s self,
         opts: &PutOptions,
         source: R,
-    ) -> Result<(PreparedPut, ScanGate<'_, Guarded<R>>)> {
+        session: Option<&str>,
+    ) -> Result<(PreparedPut<'s>, ScanGate<'s, Guarded<QuotaGate<'s, R>>>)> {
         validate::check_label("owner", &opts.owner)?;
         if let Some(key) = &opts.key {
             validate::check_key(key)?;
@@ -904,7 +941,15 @@ impl Store {
             opts.declared_size,
         )?;
         let category = admission.category().to_string();
-        let source = admission.guard(source)?;
+        // The quota last among the checks that need no content, so a refused type does not
+        // count against anything; before the guard, which reads the first bytes.
+        let quota = Arc::new(Mutex::new(Admission::new(
+            &self.inner,
+            &opts.owner,
+            opts.declared_size,
+            session,
+        )?));
+        let source = admission.guard(QuotaGate::new(source, quota.clone()))?;
         let mime = source.mime().to_string();
         let source = ScanGate::new(
             source,
@@ -913,6 +958,7 @@ impl Store {
             opts.declared_size,
         )?;
         let prepared = PreparedPut {
+            quota,
             meta: VersionMeta {
                 file_id: FileId(0),
                 version: 0,
@@ -1125,6 +1171,8 @@ impl Store {
         if let Some(ScanStamp::Infected { .. }) = &meta.scan {
             meta.flags |= flags::QUARANTINED;
         }
+        // A restored version counts as new usage: it must fit like a put of its size.
+        let _quota = Admission::new(&self.inner, &f.owner, Some(meta.size), None)?;
         // Every chunk of an indexed version is indexed, so no rows are needed.
         let change = Change::Version {
             target: Target::Existing(id),
@@ -1264,11 +1312,13 @@ impl Drop for Inner {
 }
 
 /// A put's options, checked, waiting for its content.
-struct PreparedPut {
+struct PreparedPut<'s> {
     meta: VersionMeta,
+    /// The put's quota reservation, shared with the gate that grows it.
+    quota: Arc<Mutex<Admission<'s>>>,
 }
 
-impl PreparedPut {
+impl PreparedPut<'_> {
     /// The change that commits the ingested content (taking its chunk list and rows; the
     /// claims stay with `ingested`), and the put's counts.
     /// An infected verdict quarantines the file.

@@ -28,6 +28,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::id::FileId;
 use crate::index::{ListFilter, UploadRecord};
 use crate::pack::storage::sync_dir;
+use crate::quota;
 use crate::store::{FileInfo, PutOptions, PutReport, Store};
 use crate::validate;
 
@@ -296,6 +297,9 @@ impl Store {
         let mut w = self.inner().index.write()?;
         w.remove_upload(id)?;
         w.commit()?;
+        self.inner()
+            .quotas
+            .release(&quota::Key::Session(id.to_string()));
         let path = self.part_path(id);
         let len = file_len(&path);
         match fs::remove_file(&path) {
@@ -421,11 +425,24 @@ impl Store {
         // Claimed until the row exists, so a sweep running meanwhile does not take the new
         // file for an orphan.
         let _claim = self.inner().upload_writers.claim(&id)?;
-        self.create_part(&id)?;
-        self.store_upload(&UploadRecord {
-            session: session.clone(),
-            finishing: None,
-        })?;
+        // A declared length is reserved against the quota now, and held while the session
+        // lives (rebuilt from the sessions table at open).
+        let key = quota::Key::Session(id.clone());
+        if let Some(len) = length {
+            self.inner()
+                .quotas
+                .reserve(self.inner(), &key, owner, len)?;
+        }
+        let created = self.create_part(&id).and_then(|()| {
+            self.store_upload(&UploadRecord {
+                session: session.clone(),
+                finishing: None,
+            })
+        });
+        if let Err(e) = created {
+            self.inner().quotas.release(&key);
+            return Err(e);
+        }
         Ok(session)
     }
 
@@ -464,7 +481,7 @@ impl Store {
         &self,
         id: &str,
         offset: u64,
-        mut source: impl Read,
+        source: impl Read,
         checksum: Option<Checksum>,
     ) -> Result<UploadSession> {
         self.check_writable()?;
@@ -480,6 +497,27 @@ impl Store {
             )));
         }
         let _claim = self.inner().upload_writers.claim(&id)?;
+        let result = self.append_claimed(&id, offset, source, checksum);
+        // A deferred session holds what it has received: bytes grown into but not kept are
+        // given back (under the claim, so no other append of this session runs meanwhile).
+        if let Ok(Some(rec)) = self.inner().index.read().and_then(|r| r.upload(&id))
+            && rec.session.length.is_none()
+        {
+            self.inner()
+                .quotas
+                .shrink_to(&quota::Key::Session(id.clone()), rec.session.offset);
+        }
+        result
+    }
+
+    fn append_claimed(
+        &self,
+        id: &str,
+        offset: u64,
+        mut source: impl Read,
+        checksum: Option<Checksum>,
+    ) -> Result<UploadSession> {
+        let id = id.to_string();
         let rec = self.load_upload(&id)?;
         let s = &rec.session;
         check_live(s, self.upload_now())?;
@@ -509,6 +547,14 @@ impl Store {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => break Some(e),
             };
+            // Without a declared length nothing was reserved: the quota is checked as the
+            // bytes arrive, growing the session's reservation.
+            if s.length.is_none()
+                && let Err(e) = self.grow_session(&id, &s.owner, s.offset + received + n as u64)
+            {
+                cut_back(&file, s.offset, &path);
+                return Err(e);
+            }
             if received + n as u64 > room {
                 cut_back(&file, s.offset, &path);
                 return Err(Error::TooLarge {
@@ -556,6 +602,18 @@ impl Store {
             )));
         }
         self.commit_part(&file, &path, &id, s.offset + received)
+    }
+
+    /// Grows a deferred session's reservation to cover `total` bytes (a step ahead when that
+    /// fits, so not every buffer takes the table's lock and an index snapshot).
+    fn grow_session(&self, id: &str, owner: &str, total: u64) -> Result<()> {
+        let q = &self.inner().quotas;
+        let key = quota::Key::Session(id.to_string());
+        if total <= q.held(&key) {
+            return Ok(());
+        }
+        q.reserve(self.inner(), &key, owner, total + quota::STEP)
+            .or_else(|_| q.reserve(self.inner(), &key, owner, total))
     }
 
     /// Makes the staged bytes durable, then records `offset` (and a renewed expiry).
@@ -608,8 +666,16 @@ impl Store {
                 what: format!("an upload of {length} bytes"),
             });
         }
+        let key = quota::Key::Session(id.clone());
+        let before = self.inner().quotas.held(&key);
+        self.inner()
+            .quotas
+            .reserve(self.inner(), &key, &rec.session.owner, length)?;
         rec.session.length = Some(length);
-        self.store_upload(&rec)?;
+        if let Err(e) = self.store_upload(&rec) {
+            self.inner().quotas.shrink_to(&key, before);
+            return Err(e);
+        }
         Ok(rec.session)
     }
 
@@ -669,7 +735,7 @@ impl Store {
         let mut file = self.open_part(&id, length)?;
         file.seek(SeekFrom::Start(0))
             .ctx(|| format!("seeking in {}", self.part_path(&id).display()))?;
-        match self.put(file.take(length), &finish_options(&rec.session)) {
+        match self.put_admitted(file.take(length), &finish_options(&rec.session), Some(&id)) {
             Ok(report) => {
                 self.remove_finished(&id);
                 Ok(report)

@@ -61,6 +61,7 @@ impl Store {
         if let Some(org) = &new.org {
             validate::check_label("organisation", org)?;
         }
+        self.check_tier(new.tier.as_deref())?;
         let now = self.inner.config.clock.now_ms();
         let user = UserRecord {
             name: name.to_string(),
@@ -85,7 +86,13 @@ impl Store {
                 created_ms: now,
             },
         )?;
+        // An owner that stored files before becoming a user starts at the right level.
+        let mut events = Vec::new();
+        self.inner
+            .quotas
+            .settle_owner(&mut w, name, now, &mut events)?;
         w.commit()?;
+        self.inner.quotas.publish(events);
         Ok((user, token))
     }
 
@@ -115,14 +122,35 @@ impl Store {
         Ok(n)
     }
 
-    /// Changes a stored user (tier, organisation, quota, admin flag).
+    /// Changes a stored user (tier, organisation, quota, admin flag). A new organisation
+    /// takes the user's usage along; the warning level follows the new limit.
     pub fn user_update(&self, user: &UserRecord) -> Result<()> {
+        self.check_tier(user.tier.as_deref())?;
         let mut w = self.inner.index.write()?;
         if !w.user_exists(&user.name)? {
             return Err(Error::not_found(format!("user {:?}", user.name)));
         }
         w.put_user(user)?;
-        w.commit()
+        let mut events = Vec::new();
+        let now = self.inner.config.clock.now_ms();
+        self.inner
+            .quotas
+            .settle_owner(&mut w, &user.name, now, &mut events)?;
+        w.commit()?;
+        self.inner.quotas.publish(events);
+        Ok(())
+    }
+
+    /// A tier must be one the quota configuration knows.
+    fn check_tier(&self, tier: Option<&str>) -> Result<()> {
+        let c = &self.inner.quotas.config;
+        match tier {
+            Some(t) if !c.tiers.contains_key(t) => Err(Error::InvalidInput(format!(
+                "tier {t:?} is not configured (known: {})",
+                c.tier_names()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     pub fn user(&self, name: &str) -> Result<UserRecord> {

@@ -19,6 +19,36 @@ pub struct ApiError {
     pub headers: Vec<(header::HeaderName, HeaderValue)>,
     /// The virus signature, for `infected` answers.
     pub signature: Option<String>,
+    /// The figures of a `quota_exceeded` answer (boxed: errors stay small).
+    pub quota: Option<Box<QuotaFigures>>,
+}
+
+/// What a `quota_exceeded` (413) answer carries besides the code and message.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuotaFigures {
+    /// `user` or `organisation`: whose limit refused the upload.
+    pub scope: crate::quota::Scope,
+    pub used: u64,
+    pub limit: u64,
+    /// used / limit, in percent.
+    pub percentage: f64,
+    /// Bytes held by other uploads in flight.
+    pub reserved: u64,
+    /// Bytes the refused upload needed in all.
+    pub requested: u64,
+}
+
+impl From<&crate::quota::Exceeded> for QuotaFigures {
+    fn from(x: &crate::quota::Exceeded) -> Self {
+        QuotaFigures {
+            scope: x.scope,
+            used: x.used,
+            limit: x.limit,
+            percentage: x.percentage,
+            reserved: x.reserved,
+            requested: x.requested,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -27,6 +57,8 @@ pub struct ErrorBody<'a> {
     pub message: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub signature: Option<&'a str>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<&'a QuotaFigures>,
 }
 
 impl ApiError {
@@ -37,6 +69,7 @@ impl ApiError {
             message: message.into(),
             headers: Vec::new(),
             signature: None,
+            quota: None,
         }
     }
 
@@ -95,6 +128,7 @@ impl From<Error> for ApiError {
             Error::Expired { .. } => (StatusCode::GONE, "expired"),
             Error::Infected { .. } => (StatusCode::UNPROCESSABLE_ENTITY, "infected"),
             Error::ScanUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "scanner_unavailable"),
+            Error::QuotaExceeded(_) => (StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded"),
             Error::Locked { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_locked"),
             Error::Io { .. } if e.is_disk_full() => {
                 (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
@@ -106,8 +140,10 @@ impl From<Error> for ApiError {
             tracing::error!(error = %e, "request failed");
         }
         let mut api = ApiError::new(status, code, e.to_string());
-        if let Error::Infected { signature, .. } = e {
-            api.signature = Some(signature);
+        match e {
+            Error::Infected { signature, .. } => api.signature = Some(signature),
+            Error::QuotaExceeded(x) => api.quota = Some(Box::new(QuotaFigures::from(&*x))),
+            _ => {}
         }
         api
     }
@@ -119,6 +155,7 @@ impl IntoResponse for ApiError {
             error: self.code,
             message: &self.message,
             signature: self.signature.as_deref(),
+            quota: self.quota.as_deref(),
         };
         let mut resp = (self.status, Json(body)).into_response();
         for (k, v) in self.headers {

@@ -76,6 +76,9 @@ struct FileResult {
     /// The virus signature, when the file was refused as infected.
     #[serde(skip_serializing_if = "Option::is_none")]
     signature: Option<String>,
+    /// used, limit, percentage... when the file did not fit the quota.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    quota: Option<Box<super::error::QuotaFigures>>,
     #[serde(skip)]
     status: StatusCode,
 }
@@ -90,6 +93,7 @@ impl FileResult {
             error: Some(e.code),
             message: Some(e.message),
             signature: e.signature,
+            quota: e.quota,
             status: e.status,
         }
     }
@@ -188,8 +192,14 @@ pub async fn upload(
             .content_type()
             .map(str::to_string)
             .filter(|m| m != "application/octet-stream");
+        // A part may declare its own length: then the quota is reserved before its bytes.
+        let declared_size = field
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
         let opts = PutOptions {
             owner: user.name.clone(),
+            declared_size,
             key: key.take(),
             name: Some(file_name.clone()),
             category: category.clone(),
@@ -240,6 +250,7 @@ pub async fn upload(
                     error: None,
                     message: None,
                     signature: None,
+                    quota: None,
                     status: StatusCode::CREATED,
                 }
             }
@@ -284,18 +295,17 @@ pub async fn upload(
         (StatusCode::MULTI_STATUS, json!({ "files": results }))
     } else {
         let first = results.iter().find(|r| !r.ok).expect("a failure");
-        (
-            first.status,
-            match &first.signature {
-                Some(sig) => json!({
-                    "error": first.error,
-                    "message": first.message,
-                    "signature": sig,
-                    "files": results,
-                }),
-                None => json!({ "error": first.error, "message": first.message, "files": results }),
-            },
-        )
+        let mut body = json!({ "error": first.error, "message": first.message });
+        if let Some(sig) = &first.signature {
+            body["signature"] = json!(sig);
+        }
+        if let Some(q) = &first.quota
+            && let (Some(obj), serde_json::Value::Object(fig)) = (body.as_object_mut(), json!(q))
+        {
+            obj.extend(fig);
+        }
+        body["files"] = json!(results);
+        (first.status, body)
     };
     Ok((status, Json(body)).into_response())
 }

@@ -13,6 +13,7 @@ pub mod error;
 mod files;
 pub mod links;
 mod metrics;
+mod quota;
 pub mod tus;
 
 use std::future::Future;
@@ -101,6 +102,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/admin/cleanup/temp", post(admin::temp))
         .route("/api/admin/gc", post(admin::gc))
         .route("/api/admin/reports/storage", get(admin::storage))
+        .route("/api/quota", get(quota::mine))
+        .route("/api/quota/history", get(quota::history))
+        .route("/api/admin/quota/report", get(quota::report))
+        .route("/api/admin/quota/alerts", get(quota::alerts))
+        .route("/api/admin/quota/orgs", get(quota::orgs))
         .route("/healthz", get(files::healthz))
         .route("/metrics", get(metrics::render))
         .fallback(|| async { ApiError::not_found("route") })
@@ -223,6 +229,13 @@ impl Server {
             self.state.store.clone(),
             self.state.settings.uploads.sweep_interval,
         ));
+        if let Some(url) = &self.state.settings.quotas.webhook {
+            quota::start_webhook(
+                &self.state.store,
+                url.clone(),
+                self.state.settings.quotas.webhook_timeout,
+            );
+        }
         let app = router(self.state);
         // Without TCP_NODELAY a response written as headers then body waits for the client's
         // delayed ACK (Nagle): 40 ms per small download.

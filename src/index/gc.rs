@@ -116,6 +116,11 @@ macro_rules! gc_lookups {
             dump!(ZERO_REFS, "zero_refs");
             dump!(PACK_GARBAGE, "pack_garbage");
             dump!(CONTENT_FILES, "content_files");
+            dump!(super::quota::OWNER_USAGE, "owner_usage");
+            dump!(super::quota::ORG_USAGE, "org_usage");
+            dump!(super::quota::QUOTA_LEVELS, "quota_levels");
+            dump!(super::quota::ORG_LIMITS, "org_limits");
+            dump!(super::quota::USAGE_HISTORY, "usage_history");
             Ok(out)
         }
     };
@@ -244,6 +249,7 @@ impl WriteTx {
         self.add_garbage(v.manifest.pack, v.manifest.len as u64)?;
         self.add_counter("versions", -1)?;
         self.add_counter("logical_bytes", -(v.meta.size as i64))?;
+        self.add_usage(&v.meta.owner, -(v.meta.size as i64), at_ms)?;
         Ok(Some(v.manifest))
     }
 

@@ -8,6 +8,7 @@
 //! staging state that recovery drops.
 
 mod gc;
+mod quota;
 mod reports;
 mod schema;
 mod uploads;
@@ -27,6 +28,7 @@ use crate::pack::manifest::{
     ChunkRef, FileEvent, VersionMeta, decode_chunk_list, encode_chunk_list,
 };
 use crate::pack::{Location, PackState};
+pub use quota::day_of;
 use schema::*;
 pub use schema::{ChunkRow, INDEX_FORMAT};
 pub use uploads::UploadRecord;
@@ -163,6 +165,8 @@ impl Index {
             tx.open_table(PACK_GARBAGE).map_err(ix("creating tables"))?;
             tx.open_table(CONTENT_FILES)
                 .map_err(ix("creating tables"))?;
+            tx.open_table(quota::OWNER_USAGE)
+                .map_err(ix("creating tables"))?;
         }
         w.commit()?;
         Ok(index)
@@ -226,6 +230,7 @@ impl Index {
             tx: db
                 .begin_write()
                 .map_err(ix("starting a write transaction"))?,
+            usage_touched: Default::default(),
         })
     }
 }
@@ -495,6 +500,8 @@ impl ReadTx {
 /// The single write transaction. Dropping it without [`WriteTx::commit`] aborts it.
 pub struct WriteTx {
     tx: WriteTransaction,
+    /// Owners whose usage changed in this transaction (see `quota.rs`).
+    usage_touched: std::collections::BTreeSet<String>,
 }
 
 impl WriteTx {
@@ -612,7 +619,8 @@ impl WriteTx {
                 .map_err(ix("writing version chunks"))?;
         }
         self.add_counter("versions", 1)?;
-        self.add_counter("logical_bytes", v.meta.size as i64)
+        self.add_counter("logical_bytes", v.meta.size as i64)?;
+        self.add_usage(&v.meta.owner, v.meta.size as i64, v.meta.created_ms)
     }
 
     /// Applies one file version — the same code for a live put and for replay by `recover`:
@@ -816,11 +824,6 @@ impl WriteTx {
 /// When a file whose current version is `meta` became quarantined: when that version was made.
 fn quarantined_since(meta: &VersionMeta) -> Option<i64> {
     (meta.flags & crate::pack::manifest::flags::QUARANTINED != 0).then_some(meta.created_ms)
-}
-
-/// The day (UTC, days since the Unix epoch) of a time in ms: the granularity of last-read times.
-pub fn day_of(ms: i64) -> i64 {
-    ms.div_euclid(86_400_000)
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {

@@ -107,7 +107,10 @@ impl ReadTx {
 }
 
 impl WriteTx {
+    /// Inserts or replaces a user. A changed organisation takes the user's usage along.
     pub fn put_user(&mut self, r: &UserRecord) -> Result<()> {
+        let old_org = self.user(&r.name)?.and_then(|u| u.org);
+        self.move_org_usage(&r.name, old_org.as_deref(), r.org.as_deref())?;
         let mut t = self.tx.open_table(USERS).map_err(ix("opening users"))?;
         t.insert(r.name.as_str(), encode(r).as_slice())
             .map_err(ix("writing a user"))?;

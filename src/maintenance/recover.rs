@@ -78,6 +78,10 @@ fn carry_over_users(dir: &Path, w: &mut crate::index::WriteTx, report: &mut Reco
         for (hash, t) in r.tokens()? {
             w.put_token(&hash, &t)?;
         }
+        // Organisation limits are settings, like users: not in the packs.
+        for (org, limit) in r.org_limits()? {
+            w.set_org_limit(&org, Some(limit))?;
+        }
         Ok(users.len() as u64)
     })();
     match copied {
@@ -314,6 +318,9 @@ pub fn recover(
     // count no file as unread for longer than the time since this rebuild.
     w.set_meta(crate::maintenance::reports::READS_SINCE, &now.to_le_bytes())?;
     carry_over_users(dir, &mut w, &mut report);
+    // Usage was rebuilt by the replay; the warning levels are set to where usage is now,
+    // without raising anything (those crossings were raised when they happened).
+    crate::quota::Quotas::new(config.quotas.clone()).settle(&mut w, now)?;
     let counters = w.counters()?;
     report.chunks = counters.chunks;
     report.files = counters.files;

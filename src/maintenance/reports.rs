@@ -204,7 +204,7 @@ impl Store {
             )));
         }
         let now = self.inner.config.clock.now_ms();
-        let cutoff_ms = (day_of(now) - i64::from(q.days) + 1) * DAY_MS;
+        let cutoff_ms = (i64::from(day_of(now)) - i64::from(q.days) + 1) * DAY_MS;
         let r = self.inner.index.read()?;
         let reads_since_ms = reads_since(&r)?;
         let mut report = UnreadReport {

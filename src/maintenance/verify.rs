@@ -294,6 +294,34 @@ impl Store {
                 ));
             }
         }
+        // 5. Quota usage counters: equal to a recount of the versions (per owner, and per
+        // organisation of the owners that are users).
+        // An index older than the counters, opened read-only, has none to check yet.
+        let (owners, orgs) = r.recount_usage()?;
+        let checked = if r.has_usage()? {
+            vec![
+                ("owner", r.all_owner_usage()?, owners),
+                ("organisation", r.all_org_usage()?, orgs),
+            ]
+        } else {
+            Vec::new()
+        };
+        for (what, recorded, counted) in checked {
+            let names: std::collections::BTreeSet<&String> =
+                recorded.keys().chain(counted.keys()).collect();
+            for name in names {
+                let (a, b) = (
+                    recorded.get(name).copied().unwrap_or(0),
+                    counted.get(name).copied().unwrap_or(0),
+                );
+                if a != b {
+                    report.problems.push(format!(
+                        "{what} {name:?}: usage counter says {a} bytes, its versions add up to {b}"
+                    ));
+                }
+            }
+        }
+
         let mut damaged: Vec<DamagedChunk> = damaged.into_values().collect();
         damaged.sort_by(|a, b| (a.pack, a.offset, &a.chunk).cmp(&(b.pack, b.offset, &b.chunk)));
         report.damaged_chunks = damaged;

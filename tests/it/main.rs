@@ -9,6 +9,7 @@ mod faults;
 mod gc;
 mod http;
 mod pipeline;
+mod quota;
 mod recover;
 mod reports;
 mod rescan;

@@ -11,6 +11,7 @@
 
 mod admin;
 mod files;
+mod quota;
 mod report;
 mod scan;
 #[cfg(feature = "server")]
@@ -111,6 +112,9 @@ enum Cmd {
     /// Manage the users and tokens of the HTTP service.
     #[command(subcommand)]
     User(serve::UserCmd),
+    /// Quotas: usage, limits, warnings, reports, history.
+    #[command(subcommand)]
+    Quota(quota::QuotaCmd),
     /// Files the virus scanner found infected: stored, flagged, never served to users.
     #[command(subcommand)]
     Quarantine(QuarantineCmd),
@@ -316,6 +320,7 @@ fn main() -> ExitCode {
         Cmd::Serve(a) => serve::serve(&ctx, a),
         Cmd::User(c) => serve::user(&ctx, c),
         Cmd::Scan(a) => scan::scan(&ctx, &a),
+        Cmd::Quota(c) => quota::run(&ctx, c),
         Cmd::Quarantine(QuarantineCmd::Ls(mut a)) => {
             a.quarantined = true;
             files::ls(&ctx, a)

@@ -88,6 +88,7 @@ impl From<tessera::Error> for Fail {
             E::Index { .. } => "index",
             E::Infected { .. } => "infected",
             E::ScanUnavailable(_) => "scanner_unavailable",
+            E::QuotaExceeded(_) => "quota_exceeded",
             _ => "error",
         };
         let message = e.to_string();
