@@ -53,8 +53,10 @@ pub use chunking::ChunkParams;
 pub use error::{Error, Result};
 pub use id::{ChunkId, FileId};
 pub use maintenance::gc::{GcOptions, GcReport, PurgeReport};
+pub use maintenance::lifecycle::{ExpiryRules, RetentionRule, RetentionRules};
 pub use maintenance::progress::Progress;
 pub use maintenance::recover::{RecoverReport, recover};
+pub use maintenance::scheduler::{Job, JobReport, JobRun, Scheduled, Scheduler};
 pub use maintenance::verify::VerifyReport;
 pub use maintenance::verify::{AffectedFile, DamagedChunk};
 pub use store::{

@@ -1,10 +1,13 @@
 //! Maintenance: whole-store checks and repairs. `verify` re-reads everything and reports
-//! damage; `recover` rebuilds the index from the packs. (GC, purge, expiry and the scheduler
-//! will live here too: only maintenance ever deletes data.)
+//! damage; `recover` rebuilds the index from the packs; `gc` collects garbage and purges;
+//! `lifecycle` applies retention, expiry and the quarantine purge; `scheduler` runs those jobs
+//! on their intervals. Only maintenance ever deletes data.
 
 pub mod gc;
+pub mod lifecycle;
 pub mod progress;
 pub mod recover;
+pub mod scheduler;
 pub mod verify;
 
 use serde::Serialize;
