@@ -11,6 +11,7 @@ mod download;
 pub mod error;
 mod files;
 pub mod links;
+pub mod maintenance;
 mod metrics;
 pub mod tus;
 
@@ -208,12 +209,21 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then finishes the requests in flight. Meanwhile
-    /// expired upload sessions are swept every `uploads.sweep_interval` (and once at start).
+    /// expired upload sessions are swept every `uploads.sweep_interval` (and once at start),
+    /// and, with `maintenance.enabled`, the maintenance scheduler runs its jobs.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let sweeper = tokio::spawn(tus::sweep_loop(
             self.state.store.clone(),
             self.state.settings.uploads.sweep_interval,
         ));
+        let (stop_maintenance, stopped) = tokio::sync::watch::channel(false);
+        let maintenance = self.state.settings.maintenance.enabled.then(|| {
+            let m = &self.state.settings.maintenance;
+            let jobs = m.jobs(&self.state.settings.policy());
+            let scheduler =
+                crate::maintenance::scheduler::Scheduler::new(self.state.store.clone(), jobs);
+            tokio::spawn(maintenance::run(scheduler, stopped))
+        });
         let app = router(self.state);
         // Without TCP_NODELAY a response written as headers then body waits for the client's
         // delayed ACK (Nagle): 40 ms per small download.
@@ -227,6 +237,11 @@ impl Server {
             .await
             .ctx(|| "serving HTTP".into());
         sweeper.abort();
+        let _ = stop_maintenance.send(true);
+        if let Some(task) = maintenance {
+            // Waits for a job in progress to finish its current step.
+            let _ = task.await;
+        }
         served
     }
 }
