@@ -65,6 +65,18 @@ pub(crate) enum Change {
         version: u32,
         stamp: ScanStamp,
     },
+    /// Lifecycle expiry: soft-delete a live file whose current content was written at or
+    /// before `updated_before` (a newer version meanwhile saves it). Journaled as `delete`.
+    Expire {
+        id: FileId,
+        updated_before: i64,
+    },
+    /// Remove for good a file quarantined at or before `quarantined_before` (deleted or not).
+    /// Journaled as `purge`.
+    PurgeQuarantined {
+        id: FileId,
+        quarantined_before: i64,
+    },
 }
 
 struct Job {
@@ -299,6 +311,48 @@ fn prepare(w: &WriteTx, packs: &Packs, now: i64, change: Change) -> Result<Prepa
             if f.deleted_ms.is_none_or(|d| d > deleted_before) {
                 return Err(Error::InvalidInput(format!(
                     "file {id} is not deleted, or was deleted too recently to purge"
+                )));
+            }
+            let info = current_info(w, &f)?;
+            let manifests = w
+                .versions(id)?
+                .iter()
+                .map(|v| (v.manifest.pack, v.manifest.offset))
+                .collect();
+            Ok(Prepared::Removal(
+                FileEvent::Purge {
+                    file_id: id,
+                    at_ms: now,
+                    manifests,
+                },
+                info,
+            ))
+        }
+        Change::Expire { id, updated_before } => {
+            let f = w
+                .file(id)?
+                .ok_or_else(|| Error::not_found(format!("file {id}")))?;
+            if f.deleted_ms.is_some() || f.updated_ms > updated_before {
+                return Err(Error::InvalidInput(format!(
+                    "file {id} is deleted or has a newer version: not expired"
+                )));
+            }
+            Ok(Prepared::Event(FileEvent::Delete {
+                file_id: id,
+                at_ms: now,
+            }))
+        }
+        Change::PurgeQuarantined {
+            id,
+            quarantined_before,
+        } => {
+            let f = w
+                .file(id)?
+                .ok_or_else(|| Error::not_found(format!("file {id}")))?;
+            let since = crate::maintenance::lifecycle::quarantined_since(&f);
+            if since.is_none_or(|s| s > quarantined_before) {
+                return Err(Error::InvalidInput(format!(
+                    "file {id} is not quarantined, or was quarantined too recently to purge"
                 )));
             }
             let info = current_info(w, &f)?;

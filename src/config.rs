@@ -33,6 +33,20 @@
 //! enterprise = "unlimited"
 //! [quotas.orgs]                                # `tessera quota org set` overrides at run time
 //! acme = "500GB"
+//! [maintenance]                                # jobs `serve` runs; an interval of "0s" turns one off
+//! gc_interval = "1h"
+//! purge_interval = "1d"
+//! purge_after = "30d"                          # soft-deleted files are purged after this
+//! retention_interval = "1d"
+//! expiry_interval = "1d"
+//! quarantine_interval = "1h"
+//! quarantine_purge_after = "7d"
+//! [maintenance.retention.documents]            # per category; absent: every version is kept
+//! keep_last = 10
+//! keep_within = "30d"
+//! [maintenance.expiry]                         # per category; over the SPEC defaults
+//! images = "730d"                              # (images 730d, temp 1d, backups 90d)
+//! videos = "never"
 //!
 //! [categories.images]                          # replaces the built-in category list
 //! extensions = ["jpg", "jpeg", "png"]
@@ -50,6 +64,9 @@ use bytesize::ByteSize;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{Error, Result};
+use crate::maintenance::gc::GcOptions;
+use crate::maintenance::lifecycle::{ExpiryRules, RetentionRule, RetentionRules, default_expiry};
+use crate::maintenance::scheduler::{Job, Scheduled};
 use crate::quota::QuotaConfig;
 use crate::scan::{
     Clamd, ClamdAddress, DEFAULT_STREAM_MAX, ScanCategories, ScanConfig, Scanner, Timeouts,
@@ -72,6 +89,8 @@ pub struct Settings {
     /// Quotas: tier limits, the default tier, the limit of owners that are not users,
     /// organisation limits, the warning webhook (see [`QuotaConfig`]).
     pub quotas: QuotaConfig,
+    /// Maintenance jobs and the scheduler inside `serve`.
+    pub maintenance: MaintenanceSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -233,6 +252,215 @@ impl Default for AuthSettings {
     }
 }
 
+/// `[maintenance]`: what each job does and how often `serve` runs it (store clock). An interval
+/// of zero (`"0s"`) turns that job off in the scheduler; the CLI commands run it regardless.
+/// Expired upload sessions are swept on `uploads.sweep_interval`, by their own loop.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MaintenanceSettings {
+    /// Run the scheduler inside `serve`. Default true.
+    pub enabled: bool,
+    /// Garbage collection and compaction. Default 1 h.
+    #[serde(with = "duration")]
+    pub gc_interval: Duration,
+    /// How long a chunk stays unreferenced before the collector may sweep it. Default 1 h.
+    #[serde(with = "duration")]
+    pub gc_grace: Duration,
+    /// Garbage share (0..1) at which a pack is rewritten. Default 0.2.
+    pub compact_threshold: f64,
+    /// Purge of soft-deleted files. Default 1 day.
+    #[serde(with = "duration")]
+    pub purge_interval: Duration,
+    /// Soft-deleted files are purged this long after their deletion (undelete works until
+    /// then). Default 30 days.
+    #[serde(with = "duration")]
+    pub purge_after: Duration,
+    /// Version retention (`retention`). Default 1 day.
+    #[serde(with = "duration")]
+    pub retention_interval: Duration,
+    /// Lifecycle expiry (`expiry`). Default 1 day.
+    #[serde(with = "duration")]
+    pub expiry_interval: Duration,
+    /// Purge of quarantined files. Default 1 h.
+    #[serde(with = "duration")]
+    pub quarantine_interval: Duration,
+    /// Quarantined files are purged this long after they were quarantined. Default 7 days.
+    #[serde(with = "duration")]
+    pub quarantine_purge_after: Duration,
+    /// Version retention per category (`keep_last`, `keep_within`): a version is kept when
+    /// either rule keeps it; the current version always is. Default: none, every version is
+    /// kept.
+    pub retention: BTreeMap<String, RetentionSettings>,
+    /// Expiry per category: a live file whose current content is older is soft-deleted (and
+    /// purged `purge_after` later). A duration, or `"never"`. Merged over SPEC §6's defaults
+    /// for the categories that exist: images 730 days, temp 1 day, backups 90 days.
+    pub expiry: BTreeMap<String, ExpirySetting>,
+}
+
+impl Default for MaintenanceSettings {
+    fn default() -> Self {
+        const HOUR: Duration = Duration::from_secs(3600);
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        MaintenanceSettings {
+            enabled: true,
+            gc_interval: HOUR,
+            gc_grace: HOUR,
+            compact_threshold: 0.2,
+            purge_interval: DAY,
+            purge_after: 30 * DAY,
+            retention_interval: DAY,
+            expiry_interval: DAY,
+            quarantine_interval: HOUR,
+            quarantine_purge_after: 7 * DAY,
+            retention: BTreeMap::new(),
+            expiry: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[maintenance.retention.<category>]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Keep the newest N versions, the current one included (at least 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    /// Keep versions written less than this long ago.
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub keep_within: Option<Duration>,
+}
+
+/// An expiry age, or never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpirySetting {
+    Never,
+    After(Duration),
+}
+
+impl Serialize for ExpirySetting {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            ExpirySetting::Never => s.serialize_str("never"),
+            ExpirySetting::After(d) => duration::serialize(d, s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ExpirySetting {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "never" {
+            return Ok(ExpirySetting::Never);
+        }
+        match humantime::parse_duration(&s).map_err(serde::de::Error::custom)? {
+            d if d.is_zero() => Err(serde::de::Error::custom(
+                "an expiry of zero would delete every file; write \"never\" to turn it off",
+            )),
+            d => Ok(ExpirySetting::After(d)),
+        }
+    }
+}
+
+impl MaintenanceSettings {
+    /// The retention rules, by category.
+    pub fn retention_rules(&self) -> RetentionRules {
+        self.retention
+            .iter()
+            .map(|(c, r)| {
+                (
+                    c.clone(),
+                    RetentionRule {
+                        keep_last: r.keep_last,
+                        keep_within: r.keep_within,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The expiry rules: SPEC §6's defaults for the categories `policy` has, with this
+    /// section's entries over them.
+    pub fn expiry_rules(&self, policy: &Policy) -> ExpiryRules {
+        let mut rules = default_expiry(policy);
+        for (c, e) in &self.expiry {
+            match e {
+                ExpirySetting::Never => rules.remove(c),
+                ExpirySetting::After(d) => rules.insert(c.clone(), *d),
+            };
+        }
+        rules
+    }
+
+    /// Every job with its interval, as the scheduler takes them.
+    pub fn jobs(&self, policy: &Policy) -> Vec<Scheduled> {
+        vec![
+            Scheduled {
+                job: Job::Gc(GcOptions {
+                    grace: self.gc_grace,
+                    compact_threshold: self.compact_threshold,
+                    ..GcOptions::default()
+                }),
+                interval: self.gc_interval,
+            },
+            Scheduled {
+                job: Job::PurgeDeleted {
+                    older_than: self.purge_after,
+                },
+                interval: self.purge_interval,
+            },
+            Scheduled {
+                job: Job::Retention(self.retention_rules()),
+                interval: self.retention_interval,
+            },
+            Scheduled {
+                job: Job::Expiry(self.expiry_rules(policy)),
+                interval: self.expiry_interval,
+            },
+            Scheduled {
+                job: Job::QuarantinePurge {
+                    older_than: self.quarantine_purge_after,
+                },
+                interval: self.quarantine_interval,
+            },
+        ]
+    }
+
+    fn check(&self, policy: &Policy) -> std::result::Result<(), String> {
+        let known = || {
+            policy
+                .categories
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for (section, names) in [
+            ("retention", self.retention.keys().collect::<Vec<_>>()),
+            ("expiry", self.expiry.keys().collect::<Vec<_>>()),
+        ] {
+            for c in names {
+                if !policy.categories.contains_key(c) {
+                    return Err(format!(
+                        "maintenance.{section} names {c:?}, which is not a category (known: {})",
+                        known()
+                    ));
+                }
+            }
+        }
+        for (c, r) in &self.retention {
+            if r.keep_last == Some(0) {
+                return Err(format!(
+                    "maintenance.retention.{c}.keep_last must be at least 1 (the current version)"
+                ));
+            }
+        }
+        if !(self.compact_threshold > 0.0 && self.compact_threshold <= 1.0) {
+            return Err("maintenance.compact_threshold must be in (0, 1]".into());
+        }
+        Ok(())
+    }
+}
+
 impl Settings {
     /// Reads a configuration file; errors name the file and the offending key.
     pub fn load(path: &Path) -> Result<Settings> {
@@ -272,6 +500,7 @@ impl Settings {
                 return Err("scan.stream_max must be more than 0".into());
             }
         }
+        self.maintenance.check(&self.policy())?;
         Ok(())
     }
 
@@ -321,6 +550,27 @@ mod duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Optional durations as humantime strings; absent is `None`.
+mod opt_duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(
+        d: &Option<Duration>,
+        s: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => duration::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<Option<Duration>, D::Error> {
+        duration::deserialize(d).map(Some)
     }
 }
 
@@ -402,6 +652,59 @@ mod tests {
             "[scan]\ncategories = [\"pictures\"]\n",
             "[scan]\nfailopen = true\n",
             "[scan]\nstream_max = 0\n",
+        ] {
+            assert!(Settings::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn maintenance_section() {
+        let d = Settings::default();
+        assert!(d.maintenance.enabled);
+        assert_eq!(d.maintenance.purge_after, Duration::from_secs(30 * 86400));
+        assert_eq!(
+            d.maintenance.quarantine_purge_after,
+            Duration::from_secs(7 * 86400)
+        );
+        let jobs = d.maintenance.jobs(&d.policy());
+        let names: Vec<_> = jobs.iter().map(|j| j.job.name()).collect();
+        assert_eq!(
+            names,
+            ["gc", "purge", "retention", "expiry", "quarantine_purge"]
+        );
+        // The defaults survive a round trip through TOML.
+        let back = Settings::parse(&toml::to_string(&d).unwrap()).unwrap();
+        assert_eq!(back.maintenance.gc_interval, d.maintenance.gc_interval);
+
+        let s = Settings::parse(
+            "[maintenance]\ngc_interval = \"0s\"\npurge_after = \"2d\"\n\
+             [maintenance.retention.documents]\nkeep_last = 3\nkeep_within = \"10d\"\n\
+             [maintenance.expiry]\nimages = \"never\"\nvideos = \"90d\"\n",
+        )
+        .unwrap();
+        let m = &s.maintenance;
+        assert_eq!(m.gc_interval, Duration::ZERO);
+        let r = m.retention_rules();
+        assert_eq!(r["documents"].keep_last, Some(3));
+        assert_eq!(
+            r["documents"].keep_within,
+            Some(Duration::from_secs(10 * 86400))
+        );
+        let e = m.expiry_rules(&s.policy());
+        assert!(!e.contains_key("images"), "never overrides the default");
+        assert_eq!(e["videos"], Duration::from_secs(90 * 86400));
+        let back = Settings::parse(&toml::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back.maintenance.expiry["images"], ExpirySetting::Never);
+
+        for bad in [
+            "[maintenance.retention.pictures]\nkeep_last = 2\n",
+            "[maintenance.retention.documents]\nkeep_last = 0\n",
+            "[maintenance.retention.documents]\nkeep_forever = true\n",
+            "[maintenance.expiry]\ntemp = \"1d\"\n",
+            "[maintenance.expiry]\nimages = \"0s\"\n",
+            "[maintenance.expiry]\nimages = \"soon\"\n",
+            "[maintenance]\ncompact_threshold = 0\n",
+            "[maintenance]\ngc_every = \"1h\"\n",
         ] {
             assert!(Settings::parse(bad).is_err(), "{bad}");
         }

@@ -54,6 +54,7 @@ pub use chunking::ChunkParams;
 pub use error::{Error, Result};
 pub use id::{ChunkId, FileId};
 pub use maintenance::gc::{GcOptions, GcReport, PurgeReport};
+pub use maintenance::lifecycle::{ExpiryRules, RetentionRule, RetentionRules};
 pub use maintenance::progress::Progress;
 pub use maintenance::recover::{RecoverReport, recover};
 pub use maintenance::reports::{
@@ -61,6 +62,7 @@ pub use maintenance::reports::{
     StorageReport, TierUsage, UnreadFile, UnreadQuery, UnreadReport, Usage,
 };
 pub use maintenance::rescan::{RescanChange, RescanOptions, RescanReport};
+pub use maintenance::scheduler::{Job, JobReport, JobRun, Scheduled, Scheduler};
 pub use maintenance::verify::VerifyReport;
 pub use maintenance::verify::{AffectedFile, DamagedChunk};
 pub use quota::{QuotaConfig, QuotaEvent, QuotaStatus};

@@ -12,6 +12,7 @@ mod download;
 pub mod error;
 mod files;
 pub mod links;
+pub mod maintenance;
 mod metrics;
 mod quota;
 pub mod tus;
@@ -223,7 +224,8 @@ impl Server {
     }
 
     /// Serves until `shutdown` completes, then finishes the requests in flight. Meanwhile
-    /// expired upload sessions are swept every `uploads.sweep_interval` (and once at start).
+    /// expired upload sessions are swept every `uploads.sweep_interval` (and once at start),
+    /// and, with `maintenance.enabled`, the maintenance scheduler runs its jobs.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
         let sweeper = tokio::spawn(tus::sweep_loop(
             self.state.store.clone(),
@@ -236,6 +238,14 @@ impl Server {
                 self.state.settings.quotas.webhook_timeout,
             );
         }
+        let (stop_maintenance, stopped) = tokio::sync::watch::channel(false);
+        let maintenance = self.state.settings.maintenance.enabled.then(|| {
+            let m = &self.state.settings.maintenance;
+            let jobs = m.jobs(&self.state.settings.policy());
+            let scheduler =
+                crate::maintenance::scheduler::Scheduler::new(self.state.store.clone(), jobs);
+            tokio::spawn(maintenance::run(scheduler, stopped))
+        });
         let app = router(self.state);
         // Without TCP_NODELAY a response written as headers then body waits for the client's
         // delayed ACK (Nagle): 40 ms per small download.
@@ -249,6 +259,11 @@ impl Server {
             .await
             .ctx(|| "serving HTTP".into());
         sweeper.abort();
+        let _ = stop_maintenance.send(true);
+        if let Some(task) = maintenance {
+            // Waits for a job in progress to finish its current step.
+            let _ = task.await;
+        }
         served
     }
 }

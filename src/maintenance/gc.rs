@@ -41,6 +41,10 @@ use crate::store::{Inner, Store};
 #[derive(Default)]
 pub(crate) struct GcPins {
     state: Mutex<PinState>,
+    /// Held by a collecting (not dry) run, whoever starts it (the scheduler, an admin request):
+    /// a second collector would only redo the first one's scan over the same candidates and
+    /// packs, doubling the I/O of a run that is already slow.
+    collector: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -174,6 +178,7 @@ impl Store {
         if inner.read_only {
             return Err(Error::InvalidInput("the store is open read-only".into()));
         }
+        let _one_collector = (!opts.dry_run).then(|| inner.gc_pins.collector.lock().unwrap());
         let mut report = GcReport {
             dry_run: opts.dry_run,
             ..Default::default()
@@ -291,6 +296,23 @@ impl Store {
     #[allow(clippy::type_complexity)]
     fn each_file_page(
         &self,
+        decide: impl FnMut(&crate::index::ReadTx, &[crate::index::FileRecord]) -> Result<Vec<Change>>,
+    ) -> Result<Vec<((u64, u64, FileId), bool)>> {
+        self.each_file_page_of(
+            &ListFilter {
+                include_deleted: true,
+                ..Default::default()
+            },
+            decide,
+        )
+    }
+
+    /// [`Store::each_file_page`] over the files `base` selects (its cursor and limit are
+    /// set here).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn each_file_page_of(
+        &self,
+        base: &ListFilter<'_>,
         mut decide: impl FnMut(
             &crate::index::ReadTx,
             &[crate::index::FileRecord],
@@ -302,10 +324,9 @@ impl Store {
         loop {
             let r = inner.index.read()?;
             let (files, next) = r.list(&ListFilter {
-                include_deleted: true,
                 after: cursor.as_deref(),
                 limit: PAGE,
-                ..Default::default()
+                ..base.clone()
             })?;
             let changes = decide(&r, &files)?;
             drop(r);
@@ -315,7 +336,9 @@ impl Store {
                 let mut sizes = Vec::with_capacity(changes.len());
                 for c in &changes {
                     sizes.push(match c {
-                        Change::Purge { id, .. } => {
+                        Change::Purge { id, .. }
+                        | Change::PurgeQuarantined { id, .. }
+                        | Change::Expire { id, .. } => {
                             let vs = r.versions(*id)?;
                             (vs.len() as u64, vs.iter().map(|v| v.meta.size).sum(), *id)
                         }

@@ -1,13 +1,16 @@
 //! Maintenance: whole-store checks and repairs. `verify` re-reads everything and reports
-//! damage; `recover` rebuilds the index from the packs; `gc` collects garbage and compacts
-//! packs; `rescan` runs stored files past the virus scanner again. (Expiry and the scheduler
-//! will live here too: only maintenance ever deletes data.)
+//! damage; `recover` rebuilds the index from the packs; `gc` collects garbage and purges;
+//! `lifecycle` applies retention, expiry and the quarantine purge; `scheduler` runs those jobs
+//! on their intervals; `rescan` runs stored files past the virus scanner again; `reports` are
+//! the administrators' reports. Only maintenance ever deletes data.
 
 pub mod gc;
+pub mod lifecycle;
 pub mod progress;
 pub mod recover;
 pub mod reports;
 pub mod rescan;
+pub mod scheduler;
 pub mod verify;
 
 use serde::Serialize;

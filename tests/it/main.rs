@@ -8,6 +8,7 @@ mod damage;
 mod faults;
 mod gc;
 mod http;
+mod lifecycle;
 mod pipeline;
 mod quota;
 mod recover;

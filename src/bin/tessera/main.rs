@@ -11,6 +11,7 @@
 
 mod admin;
 mod files;
+mod lifecycle;
 mod quota;
 mod report;
 mod scan;
@@ -102,6 +103,12 @@ enum Cmd {
     Gc(admin::GcArgs),
     /// Remove for good the files deleted longer ago than --older-than.
     Purge(admin::PurgeArgs),
+    /// Version retention: remove old versions the rules do not keep (the current version
+    /// always stays). Default rules: [maintenance.retention] of the configuration.
+    Retention(lifecycle::RetentionArgs),
+    /// Lifecycle expiry: soft-delete files whose current content is older than their
+    /// category's age. Default rules: [maintenance.expiry] over SPEC's (images 730d).
+    Expire(lifecycle::ExpireArgs),
     /// Rebuild the index from the pack files (the store must not be in use).
     Recover,
     /// Reports: files unread for N days, identical files, storage by category/owner/tier.
@@ -228,6 +235,8 @@ enum QuarantineCmd {
     /// List quarantined files (of every owner unless --owner is given), with the signature the
     /// virus scanner found.
     Ls(LsArgs),
+    /// Remove for good the files quarantined longer ago than --older-than.
+    Purge(lifecycle::QuarantinePurgeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -315,6 +324,9 @@ fn main() -> ExitCode {
         Cmd::Verify => admin::verify(&ctx),
         Cmd::Gc(args) => admin::gc(&ctx, &args),
         Cmd::Purge(args) => admin::purge(&ctx, &args),
+        Cmd::Retention(a) => lifecycle::retention(&ctx, &a),
+        Cmd::Expire(a) => lifecycle::expire(&ctx, &a),
+        Cmd::Quarantine(QuarantineCmd::Purge(a)) => lifecycle::quarantine_purge(&ctx, &a),
         Cmd::Recover => admin::recover(&ctx),
         Cmd::Report(c) => report::report(&ctx, c),
         Cmd::Serve(a) => serve::serve(&ctx, a),
