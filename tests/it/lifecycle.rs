@@ -311,6 +311,44 @@ fn quarantined_files_are_purged_after_seven_days_and_not_before() {
     assert_eq!(store.read_all(cured).unwrap(), text_bytes(4, 30_000));
 }
 
+#[test]
+fn a_file_found_by_a_rescan_gets_its_full_week_before_the_quarantine_purge() {
+    let t = TempStore::new();
+    let clock = new_clock();
+    let scanner = Arc::new(FakeScanner::detecting(b"EVIL", "Fake.Evil"));
+    let scanning = |s: &Arc<FakeScanner>| Config {
+        scan: Some(ScanConfig::new(s.clone())),
+        ..config(&clock)
+    };
+    let store = Store::create(t.path(), scanning(&scanner)).unwrap();
+    // Clean by the signatures of its day.
+    let old = put_scanned(&store, b"LATER-KNOWN, written long ago", "old.txt");
+    clock.advance(30 * DAY);
+    // A signature update, a rescan: quarantined from now, not from when it was written.
+    scanner.set(tessera::scan::FakeBehaviour::Scan {
+        infected_marker: b"LATER-KNOWN".to_vec(),
+        signature: "Fake.Later".into(),
+    });
+    let found = store.rescan(&tessera::RescanOptions::default()).unwrap();
+    assert_eq!(found.infected.len(), 1, "{found:#?}");
+    assert_eq!(
+        store.stat(old).unwrap().quarantined_ms,
+        Some(clock.now_ms())
+    );
+    assert_eq!(store.purge_quarantined(7 * DAY, false).unwrap().files, 0);
+    clock.advance(7 * DAY - MINUTE);
+    assert_eq!(store.purge_quarantined(7 * DAY, false).unwrap().files, 0);
+    drop(store);
+    // The time is rebuilt by recover (it is the scan event's).
+    tessera::recover(t.path(), &scanning(&scanner), &()).unwrap();
+    let store = Store::open(t.path(), scanning(&scanner)).unwrap();
+    assert_eq!(store.purge_quarantined(7 * DAY, false).unwrap().files, 0);
+    clock.advance(MINUTE);
+    assert_eq!(store.purge_quarantined(7 * DAY, false).unwrap().files, 1);
+    assert!(store.stat(old).is_err());
+    assert_verifies(&store);
+}
+
 fn names(runs: &[tessera::JobRun]) -> Vec<&'static str> {
     runs.iter().map(|r| r.job).collect()
 }
