@@ -467,6 +467,9 @@ fn compact(
     Ok(())
 }
 
+/// Bytes of a pack's map compaction reads before it releases them.
+const RELEASE_EVERY: usize = 8 << 20;
+
 /// A live record of the pack being rewritten, and what to update once its copy is durable.
 enum Live {
     Chunk(ChunkId),
@@ -491,7 +494,18 @@ fn compact_pack(inner: &Inner, id: u32, report: &mut GcReport) -> Result<()> {
     let mut wrapped = Vec::new();
     let mut rec = Vec::new();
     let mut copied_bytes = 0u64;
+    // The scan reads the whole pack through its map; give pages behind it back every few MiB
+    // so a compaction holds a window, not a pack (records are only read again if a later one
+    // needs them, and then fault back in from the page cache).
+    let mut released = 0usize;
     for item in record::scan_records(body, PACK_HEADER_LEN as usize) {
+        let at = match &item {
+            ScanItem::Record { offset, .. } | ScanItem::Damage { offset, .. } => *offset,
+        };
+        if at - released >= RELEASE_EVERY {
+            bytes.0.release(released..at);
+            released = at;
+        }
         let (offset, header, stored) = match item {
             ScanItem::Record {
                 offset,
