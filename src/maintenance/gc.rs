@@ -591,7 +591,12 @@ fn compact_pack(inner: &Inner, id: u32, report: &mut GcReport) -> Result<()> {
         }
     }
     w.forget_pack(id)?;
-    w.commit()?;
+    // Before the commit: a commit leader may take the index the moment ours is done.
+    let retired = inner.packs.retire(id);
+    if let Err(e) = w.commit() {
+        inner.packs.unretire(retired);
+        return Err(e);
+    }
     inner.packs.committed(&states);
     let pack_len = all.len() as u64;
     drop(bytes);

@@ -530,6 +530,28 @@ impl Packs {
         ids
     }
 
+    /// Stops reporting pack `id`'s pending state (compaction, just before the commit that forgets
+    /// the pack). Compaction commits outside the committer's leader lock, so a leader that takes
+    /// the index right after that commit — before compaction called [`Packs::committed`] and
+    /// [`Packs::remove`] — would otherwise find the pack still pending in `sync` and write its
+    /// row back, naming a file about to be deleted. Returns what was pending, for
+    /// [`Packs::unretire`] when the commit fails.
+    pub fn retire(&self, id: u32) -> Option<PackState> {
+        let mut w = self.writer.lock().unwrap();
+        w.unsynced.remove(&id);
+        w.dirty.remove(&id)
+    }
+
+    /// Undoes [`Packs::retire`] after a failed commit: the state is pending again.
+    pub fn unretire(&self, state: Option<PackState>) {
+        if let Some(s) = state {
+            let mut w = self.writer.lock().unwrap();
+            let e = w.dirty.entry(s.id).or_insert(s);
+            e.len = e.len.max(s.len);
+            e.sealed |= s.sealed;
+        }
+    }
+
     /// Deletes a sealed pack that the committed index no longer references (compaction only).
     pub fn remove(&self, id: u32) -> Result<()> {
         {
