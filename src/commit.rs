@@ -313,20 +313,7 @@ fn prepare(w: &WriteTx, packs: &Packs, now: i64, change: Change) -> Result<Prepa
                     "file {id} is not deleted, or was deleted too recently to purge"
                 )));
             }
-            let info = current_info(w, &f)?;
-            let manifests = w
-                .versions(id)?
-                .iter()
-                .map(|v| (v.manifest.pack, v.manifest.offset))
-                .collect();
-            Ok(Prepared::Removal(
-                FileEvent::Purge {
-                    file_id: id,
-                    at_ms: now,
-                    manifests,
-                },
-                info,
-            ))
+            purge(w, &f, now)
         }
         Change::Expire { id, updated_before } => {
             let f = w
@@ -355,20 +342,7 @@ fn prepare(w: &WriteTx, packs: &Packs, now: i64, change: Change) -> Result<Prepa
                     "file {id} is not quarantined, or was quarantined too recently to purge"
                 )));
             }
-            let info = current_info(w, &f)?;
-            let manifests = w
-                .versions(id)?
-                .iter()
-                .map(|v| (v.manifest.pack, v.manifest.offset))
-                .collect();
-            Ok(Prepared::Removal(
-                FileEvent::Purge {
-                    file_id: id,
-                    at_ms: now,
-                    manifests,
-                },
-                info,
-            ))
+            purge(w, &f, now)
         }
         Change::DropVersion { id, version } => {
             let f = w
@@ -451,6 +425,25 @@ fn apply(
             current_info(w, &file)
         }
     }
+}
+
+/// The removal of `f` for good, whatever made it purgeable: a `purge` event naming where its
+/// versions' manifests are.
+fn purge(w: &WriteTx, f: &FileRecord, now: i64) -> Result<Prepared> {
+    let info = current_info(w, f)?;
+    let manifests = w
+        .versions(f.id)?
+        .iter()
+        .map(|v| (v.manifest.pack, v.manifest.offset))
+        .collect();
+    Ok(Prepared::Removal(
+        FileEvent::Purge {
+            file_id: f.id,
+            at_ms: now,
+            manifests,
+        },
+        info,
+    ))
 }
 
 fn current_info(w: &WriteTx, file: &FileRecord) -> Result<FileInfo> {

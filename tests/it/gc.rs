@@ -7,25 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tessera::clock::Clock;
 use tessera::{Config, FileId, GcOptions, ListQuery, PutOptions, Store};
 
-use crate::common::{TempStore, random_bytes, text_bytes};
-
-/// A clock tests move by hand.
-struct TestClock(AtomicI64);
-
-impl Clock for TestClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl TestClock {
-    fn advance(&self, d: Duration) {
-        self.0.fetch_add(d.as_millis() as i64, Ordering::SeqCst);
-    }
-}
+use crate::common::{TempStore, TestClock, random_bytes, text_bytes};
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 const HOUR: Duration = Duration::from_secs(60 * 60);

@@ -8,21 +8,12 @@ use reqwest::StatusCode;
 use reqwest::blocking::multipart::{Form, Part};
 use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::Value;
-use tessera::clock::Clock;
 use tessera::config::Settings;
 use tessera::http::Server;
 use tessera::users::NewUser;
 use tessera::{Config, Store};
 
-use crate::common::{TempStore, random_bytes, text_bytes};
-
-pub struct TestClock(pub AtomicI64);
-
-impl Clock for TestClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+use crate::common::{TempStore, TestClock, random_bytes, text_bytes};
 
 /// A service on a free loopback port, with an admin and two users.
 pub struct Service {

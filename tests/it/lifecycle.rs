@@ -17,21 +17,7 @@ use tessera::{
     Scheduler, Store,
 };
 
-use crate::common::{TempStore, png_bytes, random_bytes, text_bytes};
-
-struct TestClock(AtomicI64);
-
-impl Clock for TestClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl TestClock {
-    fn advance(&self, d: Duration) {
-        self.0.fetch_add(d.as_millis() as i64, Ordering::SeqCst);
-    }
-}
+use crate::common::{TempStore, TestClock, png_bytes, random_bytes, text_bytes};
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 const HOUR: Duration = Duration::from_secs(60 * 60);

@@ -15,8 +15,9 @@ use tessera::quota::{Level, QuotaEvent};
 use tessera::users::NewUser;
 use tessera::{Config, Error, ListQuery, PutOptions, Store};
 
+use crate::common::TestClock;
 use crate::common::{TempStore, random_bytes};
-use crate::http::{Service, TestClock};
+use crate::http::Service;
 
 const DAY: i64 = 86_400_000;
 

@@ -13,8 +13,9 @@ use serde_json::Value;
 use tessera::users::NewUser;
 use tessera::{Config, FileId, PutOptions, Store, UnreadQuery, UploadMeta};
 
+use crate::common::TestClock;
 use crate::common::{TempStore, random_bytes, text_bytes};
-use crate::http::{Service, TestClock};
+use crate::http::Service;
 
 const DAY: Duration = Duration::from_secs(24 * 60 * 60);
 /// Noon UTC, so moving by whole days never lands on a day boundary.

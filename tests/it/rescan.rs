@@ -18,8 +18,9 @@ use tessera::scan::{
 
 use tessera::{Config, Error, FileId, GcOptions, PutOptions, RescanOptions, Store};
 
+use crate::common::TestClock;
 use crate::common::{TempStore, png_bytes, text_bytes};
-use crate::http::{Service, TestClock};
+use crate::http::Service;
 use crate::scan::PrivateClamd;
 
 /// Content clamd calls clean until the test adds the signature below.

@@ -4,30 +4,14 @@
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::AtomicI64;
 use std::sync::mpsc;
 use std::time::Duration;
 
 use sha2::Digest;
-use tessera::clock::Clock;
 use tessera::{Checksum, ChecksumAlgo, Config, Error, ListQuery, Store, UploadMeta, UploadSession};
 
-use crate::common::{TempStore, random_bytes};
-
-/// A clock tests move by hand.
-struct TestClock(AtomicI64);
-
-impl Clock for TestClock {
-    fn now_ms(&self) -> i64 {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
-impl TestClock {
-    fn advance(&self, d: Duration) {
-        self.0.fetch_add(d.as_millis() as i64, Ordering::SeqCst);
-    }
-}
+use crate::common::{TempStore, TestClock, random_bytes};
 
 fn meta(key: &str) -> UploadMeta {
     UploadMeta {
