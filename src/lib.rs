@@ -46,6 +46,7 @@ pub mod quota;
 mod reader;
 pub mod scan;
 pub mod store;
+pub mod tier;
 pub mod upload;
 pub mod users;
 pub mod validate;
