@@ -11,9 +11,13 @@
 //! The trait is synchronous: the engine's put and get paths are threads, not tasks. An
 //! implementation over an async client owns its runtime and blocks on it.
 
+mod local;
+
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Mutex;
+
+pub use local::LocalDirTier;
 
 /// What can go wrong talking to a cold tier. Implementations retry transient failures with
 /// backoff themselves; an error that reaches the engine is final for this call.
