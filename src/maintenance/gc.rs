@@ -18,7 +18,7 @@
 //! up, and a sweep decides and commits while holding the pin lock, skipping pinned chunks, so a
 //! chunk a put has seen in the index is still there when the put commits. Puts register the
 //! lowest pack they may write to; compaction only rewrites packs below every registered one.
-//! Memory is bounded by the batch size and by one pack's records, never by the store.
+//! Memory is bounded by the batch size, never by the store or by a pack.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -109,7 +109,8 @@ pub struct GcOptions {
     /// Garbage share of a pack (reclaimable bytes ÷ pack bytes) at which it is rewritten
     /// (default 0.2).
     pub compact_threshold: f64,
-    /// Candidates decided per index transaction (default 1000).
+    /// Sweep candidates decided, and chunks compaction moves, per index transaction (default
+    /// 1000): what bounds the index pages one transaction dirties.
     pub batch: usize,
     /// Rewrite packs after sweeping (default true).
     pub compact: bool,
@@ -461,7 +462,7 @@ fn compact(
             report.packs_busy.push(id);
             continue;
         }
-        compact_pack(inner, id, report)?;
+        compact_pack(inner, id, opts.batch, report)?;
         report.packs_compacted.push(id);
     }
     Ok(())
@@ -477,35 +478,54 @@ enum Live {
     Event,
 }
 
-/// Rewrites pack `id`: copies its live records to the active pack, syncs, points the index at
-/// the copies and forgets the pack in one transaction, and only then deletes the file. The
-/// write transaction is held throughout, so no commit or sweep interleaves.
-fn compact_pack(inner: &Inner, id: u32, report: &mut GcReport) -> Result<()> {
-    let mut w = inner.index.write()?;
-    let Some(state) = w.packs()?.into_iter().find(|s| s.id == id) else {
+/// Rewrites pack `id` in two phases, and deletes it only after the index forgot it.
+///
+/// Phase one moves the live chunks — nearly all of a pack — in batches of `batch`, each its
+/// own commit (copies appended, synced, rows pointed at them, the old records counted as the
+/// pack's garbage), so the index pages a transaction dirties are bounded by the batch, not by
+/// the pack. Between batches a chunk's row may point at either copy; both are intact, and
+/// commits and reads go on meanwhile. Phase two holds one write transaction throughout: it
+/// copies what is still live in the pack (manifests, events, any chunk left), forgets the pack
+/// and commits. A crash anywhere leaves a pack with more garbage, which the next run takes.
+fn compact_pack(inner: &Inner, id: u32, batch: usize, report: &mut GcReport) -> Result<()> {
+    // Through the write lock: a commit group that appended to this pack before it was sealed
+    // has committed by the time we read its committed length.
+    let Some(state) = inner
+        .index
+        .write()?
+        .packs()?
+        .into_iter()
+        .find(|s| s.id == id)
+    else {
         return Ok(());
     };
     let bytes = inner.packs.contents(id)?;
     let bytes = crate::pack::storage::ReleaseOnDrop(bytes);
     let all: &[u8] = bytes.0.bytes();
     let body = &all[..(state.len as usize).min(all.len())];
+    let mut copied_bytes = 0u64;
+    if !move_live_chunks(
+        inner,
+        &bytes,
+        body,
+        id,
+        batch.max(1),
+        &mut copied_bytes,
+        report,
+    )? {
+        return Ok(());
+    }
+
+    let mut w = inner.index.write()?;
+    if !w.packs()?.iter().any(|s| s.id == id) {
+        return Ok(());
+    }
     let mut moves: Vec<(Live, Location, Location)> = Vec::new();
     let mut plain = Vec::new();
     let mut wrapped = Vec::new();
     let mut rec = Vec::new();
-    let mut copied_bytes = 0u64;
-    // The scan reads the whole pack through its map; give pages behind it back every few MiB
-    // so a compaction holds a window, not a pack (records are only read again if a later one
-    // needs them, and then fault back in from the page cache).
     let mut released = 0usize;
     for item in record::scan_records(body, PACK_HEADER_LEN as usize) {
-        let at = match &item {
-            ScanItem::Record { offset, .. } | ScanItem::Damage { offset, .. } => *offset,
-        };
-        if at - released >= RELEASE_EVERY {
-            bytes.0.release(released..at);
-            released = at;
-        }
         let (offset, header, stored) = match item {
             ScanItem::Record {
                 offset,
@@ -516,28 +536,31 @@ fn compact_pack(inner: &Inner, id: u32, report: &mut GcReport) -> Result<()> {
                 report
                     .problems
                     .push(format!("pack {id} at {offset}: {error}"));
-                continue;
+                return Ok(());
             }
         };
+        release_behind(&bytes, &mut released, offset);
         let from = Location {
             pack: id,
             offset: offset as u64,
             len: header.record_len() as u32,
         };
         let raw = &body[offset..offset + header.record_len() as usize];
-        // Chunks are copied as they are (after a check); a live chunk that fails it is left
-        // behind, and the pack with it: deleting it would lose what verify can still name.
+        // Chunks are settled by phase one; only one that became live here since is checked.
+        if header.kind == RecordKind::Chunk {
+            let cid = ChunkId(header.key);
+            if !w.chunk(&cid)?.is_some_and(|row| row.loc == from) {
+                continue;
+            }
+        }
+        // A live record that fails its check is left behind, and the pack with it: deleting
+        // it would lose what verify can still name.
         if let Err(e) = record::decode_payload_into(&header, stored, &mut plain) {
             report.problems.push(format!("pack {id} at {offset}: {e}"));
             return Ok(());
         }
         let live = match header.kind {
-            RecordKind::Chunk => {
-                let cid = ChunkId(header.key);
-                w.chunk(&cid)?
-                    .filter(|row| row.loc == from)
-                    .map(|_| Live::Chunk(cid))
-            }
+            RecordKind::Chunk => Some(Live::Chunk(ChunkId(header.key))),
             RecordKind::Manifest => live_manifest(&w, &plain, from)?,
             RecordKind::Event => live_event(&w, inner, id, &plain)?.then_some(Live::Event),
             RecordKind::Moved => {
@@ -574,6 +597,7 @@ fn compact_pack(inner: &Inner, id: u32, report: &mut GcReport) -> Result<()> {
             }
         };
         copied_bytes += to.len as u64;
+        report.bytes_copied += to.len as u64;
         report.records_copied += 1;
         moves.push((live, from, to));
     }
@@ -601,9 +625,118 @@ fn compact_pack(inner: &Inner, id: u32, report: &mut GcReport) -> Result<()> {
     let pack_len = all.len() as u64;
     drop(bytes);
     inner.packs.remove(id)?;
-    report.bytes_copied += copied_bytes;
     report.bytes_reclaimed += pack_len.saturating_sub(copied_bytes);
     Ok(())
+}
+
+/// Phase one of [`compact_pack`]: moves the live chunks of pack `id` in committed batches.
+/// Returns false if the pack must be left behind (a damaged record).
+fn move_live_chunks(
+    inner: &Inner,
+    bytes: &crate::pack::storage::ReleaseOnDrop,
+    body: &[u8],
+    id: u32,
+    batch: usize,
+    copied_bytes: &mut u64,
+    report: &mut GcReport,
+) -> Result<bool> {
+    let mut pending: Vec<(ChunkId, Location)> = Vec::with_capacity(batch);
+    let mut snapshot = None;
+    let mut plain = Vec::new();
+    let mut released = 0usize;
+    for item in record::scan_records(body, PACK_HEADER_LEN as usize) {
+        let (offset, header, stored) = match item {
+            ScanItem::Record {
+                offset,
+                header,
+                stored,
+            } => (offset, header, stored),
+            ScanItem::Damage { offset, error, .. } => {
+                report
+                    .problems
+                    .push(format!("pack {id} at {offset}: {error}"));
+                return Ok(false);
+            }
+        };
+        release_behind(bytes, &mut released, offset);
+        if header.kind != RecordKind::Chunk {
+            continue;
+        }
+        let from = Location {
+            pack: id,
+            offset: offset as u64,
+            len: header.record_len() as u32,
+        };
+        let cid = ChunkId(header.key);
+        let r = match &snapshot {
+            Some(r) => r,
+            None => snapshot.insert(inner.index.read()?),
+        };
+        if !r.chunk(&cid)?.is_some_and(|row| row.loc == from) {
+            continue;
+        }
+        if let Err(e) = record::decode_payload_into(&header, stored, &mut plain) {
+            report.problems.push(format!("pack {id} at {offset}: {e}"));
+            return Ok(false);
+        }
+        pending.push((cid, from));
+        if pending.len() >= batch {
+            // A fresh snapshot per batch: an old one would keep the pages it sees alive.
+            snapshot = None;
+            commit_chunk_moves(inner, body, &mut pending, copied_bytes, report)?;
+        }
+    }
+    drop(snapshot);
+    commit_chunk_moves(inner, body, &mut pending, copied_bytes, report)?;
+    Ok(true)
+}
+
+/// Copies `pending` chunks (records of the pack `body`) to the active pack and, in one commit,
+/// points each row still at its old place at the copy and counts the old record as garbage. A
+/// copy whose row changed meanwhile is garbage itself.
+fn commit_chunk_moves(
+    inner: &Inner,
+    body: &[u8],
+    pending: &mut Vec<(ChunkId, Location)>,
+    copied_bytes: &mut u64,
+    report: &mut GcReport,
+) -> Result<()> {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let mut copies = Vec::with_capacity(pending.len());
+    for (_, from) in pending.iter() {
+        let at = from.offset as usize;
+        copies.push(inner.packs.append(&body[at..at + from.len as usize])?);
+    }
+    // Synced under the write lock, as commits do: lengths recorded in `packs` only grow.
+    let mut w = inner.index.write()?;
+    let states = inner.packs.sync()?;
+    w.set_packs(&states)?;
+    for ((cid, from), to) in pending.iter().zip(&copies) {
+        if w.move_chunk(cid, *from, *to)? {
+            w.add_garbage(from.pack, from.len as u64)?;
+            *copied_bytes += to.len as u64;
+            report.bytes_copied += to.len as u64;
+            report.records_copied += 1;
+        } else {
+            w.add_garbage(to.pack, to.len as u64)?;
+        }
+    }
+    w.commit()?;
+    inner.packs.committed(&states);
+    pending.clear();
+    Ok(())
+}
+
+/// The scans read a whole pack through its map; give the pages behind them back every few MiB
+/// so a compaction holds a window, not a pack (a record read again faults back in from the
+/// page cache).
+fn release_behind(bytes: &crate::pack::storage::ReleaseOnDrop, released: &mut usize, at: usize) {
+    if at - *released >= RELEASE_EVERY {
+        bytes.0.release(*released..at);
+        *released = at;
+    }
 }
 
 fn live_manifest(w: &WriteTx, plain: &[u8], at: Location) -> Result<Option<Live>> {
