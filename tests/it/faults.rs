@@ -1,6 +1,7 @@
 //! Fault injection at the pack I/O seam: writes that fail with ENOSPC part-way (a torn write)
 //! and syncs that fail. Each failure is a clear error, commits nothing, and leaves a store that
-//! verifies, keeps working once the fault clears, and reopens intact.
+//! verifies, keeps working once the fault clears, and reopens intact — a compaction cut short
+//! between its batches included.
 
 use std::io;
 use std::sync::Arc;
@@ -243,4 +244,97 @@ fn a_failed_sync_commits_nothing_and_recover_does_not_replay_it() {
     ));
     assert_eq!(store.read_all(a_id).unwrap(), a);
     assert!(store.verify(&()).unwrap().is_ok());
+}
+
+#[test]
+fn a_compaction_cut_short_between_batches_is_consistent_and_the_next_run_finishes_it() {
+    let t = TempStore::new();
+    drop(t.create());
+    let (store, faults) = open_faulty(&t, Config::default());
+    let files: Vec<(tessera::FileId, Vec<u8>)> = (0..10)
+        .map(|i| {
+            let data = random_bytes(40 + i, 400_000);
+            let id = store
+                .put(&data[..], &PutOptions::key(format!("f{i}")))
+                .unwrap()
+                .file
+                .id;
+            (id, data)
+        })
+        .collect();
+    for (id, _) in &files[..4] {
+        store.delete(*id).unwrap();
+    }
+    store
+        .purge_deleted(std::time::Duration::ZERO, false)
+        .unwrap();
+    let kept = &files[4..];
+    let gc = tessera::GcOptions {
+        grace: std::time::Duration::ZERO,
+        batch: 4,
+        ..Default::default()
+    };
+
+    // The disk fills half-way through copying the live chunks (about 2.4 MB, 4 chunks a
+    // batch): several batches have committed when the append fails.
+    faults.write_budget.store(1_200_000, Ordering::SeqCst);
+    let err = store.gc(&gc).unwrap_err();
+    assert!(err.to_string().contains("No space"), "{err}");
+    faults.write_budget.store(-1, Ordering::SeqCst);
+    assert!(store.verify(&()).unwrap().is_ok());
+    for (id, data) in kept {
+        assert_eq!(&store.read_all(*id).unwrap(), data);
+    }
+    // Some chunks live at their copies now and the old pack counts them as garbage: it is
+    // still (more) due for compaction.
+    let due = store
+        .gc(&tessera::GcOptions {
+            dry_run: true,
+            ..gc.clone()
+        })
+        .unwrap();
+    // (the first pack, where everything was written; packs are numbered from 1)
+    assert_eq!(due.packs_compacted, vec![1], "{due:#?}");
+    // The batches that committed are in the index: the new pack survives a reopen (copies
+    // that never committed would be cut away).
+    drop(store);
+    let store = t.open();
+    assert!(store.open_report().removed.is_empty());
+    assert_eq!(store.stats().unwrap().packs, 2);
+
+    // A store rebuilt from its packs now sees both copies of the moved chunks.
+    let copy = tempfile::tempdir().unwrap();
+    drop(store);
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(t.path())
+        .arg(copy.path().join("s"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    std::fs::remove_file(copy.path().join("s/index.redb")).unwrap();
+    tessera::recover(copy.path().join("s"), &Config::default(), &()).unwrap();
+    let rebuilt = Store::open(copy.path().join("s"), Config::default()).unwrap();
+    assert!(rebuilt.verify(&()).unwrap().is_ok());
+    for (id, data) in kept {
+        assert_eq!(&rebuilt.read_all(*id).unwrap(), data);
+    }
+    drop(rebuilt);
+
+    // The next run finishes the pack; afterwards nothing is left to do.
+    let store = t.open();
+    let done = store.gc(&gc).unwrap();
+    assert_eq!(done.packs_compacted, vec![1], "{done:#?}");
+    assert!(done.problems.is_empty(), "{done:#?}");
+    let left = store
+        .gc(&tessera::GcOptions {
+            dry_run: true,
+            ..gc.clone()
+        })
+        .unwrap();
+    assert!(left.packs_compacted.is_empty(), "{left:#?}");
+    assert!(store.verify(&()).unwrap().is_ok());
+    for (id, data) in kept {
+        assert_eq!(&store.read_all(*id).unwrap(), data);
+    }
 }
