@@ -302,13 +302,15 @@ impl Drop for ReadAhead {
 
 impl Drop for FileReader {
     fn drop(&mut self) {
-        // Rehydration on read: inline, on the reader's thread, after its read-ahead stopped.
+        // Rehydration on read: on a thread of its own, so dropping a reader never blocks (the
+        // HTTP service may drop one on an async worker). Best effort, see `Store::rehydrate`.
         self.ahead = None;
         if self.cold.load(Ordering::Relaxed)
             && self.store.inner().config.rehydrate_on_read
             && !self.store.inner().read_only
         {
-            self.store.rehydrate(self.file);
+            let (store, file) = (self.store.clone(), self.file);
+            std::thread::spawn(move || store.rehydrate(file));
         }
     }
 }

@@ -31,6 +31,7 @@ use crate::commit::{Change, Committer, Target};
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, FileId};
 use crate::index::{FileRecord, Index, ListFilter, ReadOnlyOpen, VersionRecord};
+use crate::maintenance::tiering::{TierRules, default_tier_rules};
 use crate::pack::manifest::{VersionMeta, flags};
 use crate::pack::record::RecordKind;
 use crate::pack::storage::{FsPackStorage, PackStorage, sync_dir};
@@ -38,7 +39,6 @@ use crate::pack::{Location, OpenReport, Packs};
 use crate::pipeline::{self, InFlight};
 use crate::quota::{Admission, QuotaConfig, QuotaGate, Quotas};
 pub use crate::reader::FileReader;
-use crate::maintenance::tiering::{TierRules, default_tier_rules};
 use crate::scan::{Outcome, ScanConfig, ScanGate, ScanStamp};
 use crate::tier::ColdTier;
 use crate::tier::cold::Cold;
@@ -105,7 +105,7 @@ pub struct Config {
     /// 2 MiB): a sequential read costs one request per block, a small range read one block.
     pub cold_read_block: u64,
     /// After a read that found cold chunks, move the file back to the hot tier (default
-    /// false). Done when the reader is dropped, on the reader's thread; best effort.
+    /// false). Started when the reader is dropped, on a thread of its own; best effort.
     pub rehydrate_on_read: bool,
 }
 
@@ -808,14 +808,10 @@ impl Store {
         )?;
         let in_flight = Arc::new(InFlight::new(config.max_in_flight));
         let quotas = Quotas::new(config.quotas.clone());
-        let cold = config.cold_tier.clone().map(|t| {
-            Cold::new(
-                t,
-                store_id,
-                config.cold_read_block,
-                config.cold_cache_bytes,
-            )
-        });
+        let cold = config
+            .cold_tier
+            .clone()
+            .map(|t| Cold::new(t, store_id, config.cold_read_block, config.cold_cache_bytes));
         let store = Store {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),

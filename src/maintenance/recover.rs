@@ -400,9 +400,10 @@ fn scan_cold(
         match decode_pack_header(&data) {
             Ok((pid, sid)) if pid == id && sid == store_id => {}
             Ok(_) => {
-                report
-                    .skipped_packs
-                    .push((id, format!("{}: header names another pack or store", obj.key)));
+                report.skipped_packs.push((
+                    id,
+                    format!("{}: header names another pack or store", obj.key),
+                ));
                 continue;
             }
             Err(e) => {

@@ -208,7 +208,9 @@ impl Store {
                     detail: format!("not moved to the cold tier: {e}"),
                     chunk: Some(cid.to_hex()),
                 })?;
-                let b = builders.entry(class.clone()).or_insert_with(ColdBuilder::new);
+                let b = builders
+                    .entry(class.clone())
+                    .or_insert_with(ColdBuilder::new);
                 b.push(cid, row.loc, row.refs, &raw);
                 if b.buf.len() as u64 >= inner.config.pack_target_size {
                     b.flush(inner, cold, class.as_deref(), &mut report)?;
@@ -265,7 +267,15 @@ impl Store {
             let packs = inner.index.read()?.cold_packs()?;
             for (id, row) in packs {
                 let mut problems = Vec::new();
-                rehydrate_pack(inner, cold, id, &row, opts.dry_run, &mut report, &mut problems)?;
+                rehydrate_pack(
+                    inner,
+                    cold,
+                    id,
+                    &row,
+                    opts.dry_run,
+                    &mut report,
+                    &mut problems,
+                )?;
                 for p in problems {
                     tracing::warn!("{p}");
                 }
@@ -442,7 +452,9 @@ impl Store {
                 Ok(d) => d,
                 Err(e) if e.is_temporary() => return Err(tier_error("verifying the cold tier", e)),
                 Err(e) => {
-                    report.problems.push(format!("cold pack {id} ({}): {e}", row.key));
+                    report
+                        .problems
+                        .push(format!("cold pack {id} ({}): {e}", row.key));
                     continue;
                 }
             };
@@ -747,7 +759,12 @@ fn live_bytes(row: &ColdPackRow, garbage: u64) -> u64 {
 }
 
 /// Forgets, then deletes, cold packs with no live record. The caller holds `Cold::moves`.
-fn drop_empty_packs(inner: &Inner, cold: &Cold, dry_run: bool, gc: &mut ColdGcReport) -> Result<()> {
+fn drop_empty_packs(
+    inner: &Inner,
+    cold: &Cold,
+    dry_run: bool,
+    gc: &mut ColdGcReport,
+) -> Result<()> {
     let r = inner.index.read()?;
     let garbage: HashMap<u32, u64> = r.pack_garbage()?.into_iter().collect();
     let empty: Vec<(u32, ColdPackRow)> = r
@@ -798,7 +815,15 @@ pub(crate) fn collect_cold(inner: &Inner, opts: &GcOptions) -> Result<Option<Col
         if g as f64 >= opts.compact_threshold * row.len as f64 {
             gc.packs_compacted.push(*id);
             let mut moved = TierMoveReport::default();
-            rehydrate_pack(inner, cold, *id, row, opts.dry_run, &mut moved, &mut gc.problems)?;
+            rehydrate_pack(
+                inner,
+                cold,
+                *id,
+                row,
+                opts.dry_run,
+                &mut moved,
+                &mut gc.problems,
+            )?;
             gc.chunks_rehydrated += moved.chunks;
         }
     }

@@ -161,8 +161,11 @@ impl Store {
         let mut recorded_refs: HashMap<ChunkId, u64> = HashMap::new();
         let mut damaged: HashMap<ChunkId, DamagedChunk> = HashMap::new();
         // Cold chunks are checked against `cold_packs` here; their bytes by `verify_cold`.
-        let cold_lens: HashMap<u32, u64> =
-            r.cold_packs()?.into_iter().map(|(id, p)| (id, p.len)).collect();
+        let cold_lens: HashMap<u32, u64> = r
+            .cold_packs()?
+            .into_iter()
+            .map(|(id, p)| (id, p.len))
+            .collect();
         r.for_each_chunk(|id, row| {
             report.chunks += 1;
             recorded_refs.insert(id, row.refs);

@@ -143,9 +143,10 @@ impl Cold {
         if let Some(&len) = self.lens.read().unwrap().get(&id) {
             return Ok(len);
         }
-        let row = index.read()?.cold_pack(id)?.ok_or_else(|| {
-            Error::corrupt(self.key(id), "the index has no cold pack of this id")
-        })?;
+        let row = index
+            .read()?
+            .cold_pack(id)?
+            .ok_or_else(|| Error::corrupt(self.key(id), "the index has no cold pack of this id"))?;
         self.lens.write().unwrap().insert(id, row.len);
         Ok(row.len)
     }

@@ -67,7 +67,13 @@ struct Cli {
 
     /// A directory to use as the cold tier (a local-directory tier: tests, or cold data on a
     /// cheaper mounted disk). The `[cold]` section of the configuration names an S3 one.
-    #[arg(long, global = true, hide = true, env = "TESSERA_COLD_DIR", value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "TESSERA_COLD_DIR",
+        value_name = "DIR"
+    )]
     cold_dir: Option<PathBuf>,
 
     #[command(subcommand)]

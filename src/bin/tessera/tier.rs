@@ -111,13 +111,17 @@ fn text(r: &TierMoveReport, to: Direction) -> String {
         out.push(format!("{} cold packs written", r.packs_written.len()));
     }
     if !r.packs_deleted.is_empty() {
-        out.push(format!("{} cold packs emptied and deleted", r.packs_deleted.len()));
+        out.push(format!(
+            "{} cold packs emptied and deleted",
+            r.packs_deleted.len()
+        ));
     }
     out.join("\n")
 }
 
 /// `debug-tier-move`: moves everything to one tier on a local-directory cold tier, with a
-/// chosen pack size, and exits. The crash test kills it at random moments.
+/// chosen pack size, and exits. Prints `START` once the store is open. The crash test kills
+/// it at random moments.
 #[derive(Debug, Args)]
 pub struct DebugMoveArgs {
     #[arg(long, value_enum)]
@@ -134,6 +138,13 @@ pub fn debug_move(ctx: &Ctx, a: DebugMoveArgs) -> CmdResult {
     }
     config.pack_target_size = a.pack_size;
     let store = Store::open(&ctx.store_dir, config)?;
+    // The harness starts its random delay here, so kills land inside the move, not the open.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "START");
+        let _ = out.flush();
+    }
     let opts = TierMoveOptions {
         all: true,
         ..Default::default()
