@@ -442,7 +442,7 @@ impl Store {
         let r = inner.index.read()?;
         let packs: HashMap<u32, ColdPackRow> = r.cold_packs()?.into_iter().collect();
         // (pack, offset) → (chunk id, record len) of every intact chunk record.
-        let mut seen: HashMap<(u32, u64), Result<([u8; 32], u64), String>> = HashMap::new();
+        let mut seen: HashMap<(u32, u64), SeenRecord> = HashMap::new();
         let mut ids: Vec<&u32> = packs.keys().collect();
         ids.sort_unstable();
         for &id in ids {
@@ -530,6 +530,9 @@ impl Store {
         Ok(report)
     }
 }
+
+/// What `verify_cold` found at one (pack, offset): the record's key and length, or its error.
+type SeenRecord = std::result::Result<([u8; 32], u64), String>;
 
 /// Checks a whole record as stored: framing, CRCs, and that it is chunk `id` (BLAKE3).
 fn check_record(raw: &[u8], id: &ChunkId) -> std::result::Result<(), String> {

@@ -19,9 +19,11 @@ use crate::index::Index;
 use crate::pack::Location;
 
 type Block = Arc<Vec<u8>>;
+/// A block of a cold pack: (pack id, block number).
+type BlockKey = (u32, u64);
 
 struct Lru {
-    blocks: HashMap<(u32, u64), (Block, u64)>,
+    blocks: HashMap<BlockKey, (Block, u64)>,
     bytes: u64,
     tick: u64,
 }
@@ -35,7 +37,7 @@ pub(crate) struct Cold {
     cache_bytes: u64,
     lru: Mutex<Lru>,
     /// One lock per block being fetched, so concurrent misses fetch it once.
-    fetching: Mutex<HashMap<(u32, u64), Arc<Mutex<()>>>>,
+    fetching: Mutex<HashMap<BlockKey, Arc<Mutex<()>>>>,
     /// Object lengths (from `cold_packs`), so block fetches never reach past an object's end.
     lens: RwLock<HashMap<u32, u64>>,
     /// Held by every move between tiers and by the cold collector: while it is held by one of

@@ -447,6 +447,7 @@ fn sigkill_during_moves_between_tiers_loses_nothing_and_a_rerun_completes() {
     }
     let kills = 24;
     let mut killed_mid_move = 0;
+    let (mut progressed, mut last_cold) = (0, 0);
     for round in 0..kills {
         let to = if round % 2 == 1 { "hot" } else { "cold" };
         let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
@@ -482,8 +483,14 @@ fn sigkill_during_moves_between_tiers_loses_nothing_and_a_rerun_completes() {
         for (id, data) in &contents {
             assert_eq!(&store.read_all(*id).unwrap(), data, "round {round}");
         }
+        let cold = store.stats().unwrap().cold.chunks;
+        progressed += (cold != last_cold) as u32;
+        last_cold = cold;
     }
-    eprintln!("{killed_mid_move} of {kills} runs killed before they finished");
+    eprintln!(
+        "{killed_mid_move} of {kills} runs killed before they finished, \
+         {progressed} committed part of their move"
+    );
     // A run to completion moves everything, and the collector leaves only referenced objects.
     // (Its cold compaction may bring back chunks of packs that interrupted moves to hot left
     // mostly garbage; the next run sends them cold again, densely packed.)
@@ -597,4 +604,42 @@ fn the_cli_moves_files_between_tiers_and_shows_and_verifies_them() {
         Some(0),
         "plain verify downloads nothing"
     );
+}
+
+#[test]
+fn http_answers_503_with_retry_after_while_the_tier_is_down_and_shows_tiers_in_stats() {
+    let faulty = Arc::new(FaultyTier::new(Arc::new(MemoryTier::new())));
+    let tier: Arc<dyn ColdTier> = faulty.clone();
+    let s = crate::http::Service::with_config(|_| {}, |c| c.cold_tier = Some(tier));
+    let data = random_bytes(19, 600_000);
+    let id = s.put(&s.alice, "blob.bin", &data);
+    let fid: FileId = id.parse().unwrap();
+    s.store.move_to_cold(&files(&[fid])).unwrap();
+    let path = format!("/api/files/{id}");
+
+    faulty.set_unavailable(true);
+    for range in [None, Some("bytes=1000-1999")] {
+        let mut req = s.get(&path, Some(&s.alice));
+        if let Some(r) = range {
+            req = req.header("range", r);
+        }
+        let r = req.send().unwrap();
+        assert_eq!(r.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(r.headers()["retry-after"], "30");
+        let v: serde_json::Value = r.json().unwrap();
+        assert_eq!(v["error"], "unavailable", "{v}");
+    }
+    faulty.set_unavailable(false);
+    let r = s.get(&path, Some(&s.alice)).send().unwrap();
+    assert_eq!(r.status(), reqwest::StatusCode::OK);
+    assert!(r.bytes().unwrap().as_ref() == data.as_slice());
+
+    let v: serde_json::Value = s
+        .get("/api/admin/storage/stats", Some(&s.admin))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert!(v["store"]["cold"]["chunks"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["store"]["hot"]["pack_bytes"].as_u64().is_some(), "{v}");
 }
