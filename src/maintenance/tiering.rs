@@ -805,8 +805,8 @@ fn drop_empty_packs(
 }
 
 /// The collector's pass over the cold tier: cold packs over the garbage threshold have their
-/// live chunks moved hot, empty ones are forgotten and deleted, and orphaned objects (of moves
-/// interrupted before their commit) are deleted.
+/// live chunks moved hot (with `compact`), empty ones are forgotten and deleted, and orphaned
+/// objects (of moves interrupted before their commit) are deleted.
 pub(crate) fn collect_cold(inner: &Inner, opts: &GcOptions) -> Result<Option<ColdGcReport>> {
     let Some(cold) = &inner.cold else {
         return Ok(None);
@@ -825,7 +825,7 @@ pub(crate) fn collect_cold(inner: &Inner, opts: &GcOptions) -> Result<Option<Col
         if g == 0 || live_bytes(row, g) == 0 {
             continue;
         }
-        if g as f64 >= opts.compact_threshold * row.len as f64 {
+        if opts.compact && g as f64 >= opts.compact_threshold * row.len as f64 {
             gc.packs_compacted.push(*id);
             let mut moved = TierMoveReport::default();
             rehydrate_pack(
