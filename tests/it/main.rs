@@ -15,6 +15,7 @@ mod recover;
 mod reports;
 mod rescan;
 mod scan;
+mod tier;
 mod tus;
 mod upload;
 mod validation;
