@@ -15,6 +15,8 @@ mod recover;
 mod reports;
 mod rescan;
 mod scan;
+#[cfg(feature = "s3")]
+mod tier_conformance;
 mod tus;
 mod upload;
 mod validation;
