@@ -89,6 +89,7 @@ use crate::error::{Error, Result};
 use crate::maintenance::gc::GcOptions;
 use crate::maintenance::lifecycle::{ExpiryRules, RetentionRule, RetentionRules, default_expiry};
 use crate::maintenance::scheduler::{Job, Scheduled};
+use crate::maintenance::tiering::{TierRule, TierRules, default_tier_rules};
 use crate::quota::QuotaConfig;
 use crate::scan::{
     Clamd, ClamdAddress, DEFAULT_STREAM_MAX, ScanCategories, ScanConfig, Scanner, Timeouts,
@@ -117,6 +118,9 @@ pub struct Settings {
     /// `[cold]`: the object store of the cold tier (see [`ColdTierSettings`]). Absent: no
     /// cold tier.
     pub cold: Option<ColdTierSettings>,
+    /// `[tiers]`: lifecycle rules and the read path of the cold tier (the tier itself is
+    /// configured in `[cold]`; without one these do nothing).
+    pub tiers: TierSettings,
 }
 
 /// Which cold tier backend `[cold]` configures.
@@ -209,6 +213,31 @@ impl Default for ColdTierSettings {
             retry_timeout: retry.retry_timeout,
             connect_timeout: retry.connect_timeout,
             request_timeout: retry.request_timeout,
+        }
+    }
+}
+
+/// `[tiers]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TierSettings {
+    /// Memory the cold read path caches objects in. Default 64 MiB.
+    pub cache: ByteSize,
+    /// Cold reads fetch aligned blocks of this size, one range GET each. Default 2 MiB.
+    pub read_block: ByteSize,
+    /// Move a file read from the cold tier back to hot. Default false.
+    pub rehydrate_on_read: bool,
+    /// Per category, merged over SPEC §6's defaults (documents 90 days, images 30, backups 7).
+    pub rules: BTreeMap<String, TierRuleSettings>,
+}
+
+impl Default for TierSettings {
+    fn default() -> Self {
+        TierSettings {
+            cache: ByteSize::mib(64),
+            read_block: ByteSize::mib(2),
+            rehydrate_on_read: false,
+            rules: BTreeMap::new(),
         }
     }
 }
@@ -367,6 +396,38 @@ impl ColdTierSettings {
                 request_timeout: self.request_timeout,
             },
         })
+    }
+}
+
+/// `[tiers.rules.<category>]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierRuleSettings {
+    /// Files not read for this long go cold (`"90d"`), or `"never"`.
+    pub cold_after: ExpirySetting,
+    /// Storage class of the objects (`STANDARD_IA`, `GLACIER_IR`, …). Default: the bucket's.
+    #[serde(default)]
+    pub storage_class: Option<String>,
+}
+
+impl TierSettings {
+    /// The lifecycle rules: SPEC §6's defaults for the categories `policy` has, with this
+    /// section's entries over them.
+    pub fn rules(&self, policy: &Policy) -> TierRules {
+        let mut rules = default_tier_rules(policy);
+        for (c, r) in &self.rules {
+            match r.cold_after {
+                ExpirySetting::Never => rules.remove(c),
+                ExpirySetting::After(d) => rules.insert(
+                    c.clone(),
+                    TierRule {
+                        cold_after: d,
+                        storage_class: r.storage_class.clone(),
+                    },
+                ),
+            };
+        }
+        rules
     }
 }
 
@@ -564,6 +625,10 @@ pub struct MaintenanceSettings {
     /// Quarantined files are purged this long after they were quarantined. Default 7 days.
     #[serde(with = "duration")]
     pub quarantine_purge_after: Duration,
+    /// Moves to the cold tier by the `[tiers.rules]` (`cold_move`); nothing happens without a
+    /// cold tier. Default 1 day.
+    #[serde(with = "duration")]
+    pub cold_move_interval: Duration,
     /// Version retention per category (`keep_last`, `keep_within`): a version is kept when
     /// either rule keeps it; the current version always is. Default: none, every version is
     /// kept.
@@ -589,6 +654,7 @@ impl Default for MaintenanceSettings {
             expiry_interval: DAY,
             quarantine_interval: HOUR,
             quarantine_purge_after: 7 * DAY,
+            cold_move_interval: DAY,
             retention: BTreeMap::new(),
             expiry: BTreeMap::new(),
         }
@@ -699,6 +765,10 @@ impl MaintenanceSettings {
                 },
                 interval: self.quarantine_interval,
             },
+            Scheduled {
+                job: Job::ColdMove,
+                interval: self.cold_move_interval,
+            },
         ]
     }
 
@@ -806,7 +876,21 @@ impl Settings {
                 .as_ref()
                 .map(|s| s.scan_config(Arc::new(s.clamd()))),
             quotas: self.quotas.clone(),
+            tier_rules: self.tiers.rules(&self.policy()),
+            cold_cache_bytes: self.tiers.cache.as_u64(),
+            cold_read_block: self.tiers.read_block.as_u64(),
+            rehydrate_on_read: self.tiers.rehydrate_on_read,
             ..Config::default()
+        }
+    }
+
+    /// The cold tier `[cold]` describes (`None` without the section or with backend
+    /// `none`); [`store_config`](Self::store_config) leaves `Config::cold_tier` to the caller,
+    /// which builds the tier once with this and sets it.
+    pub fn cold_tier(&self) -> Result<Option<Arc<dyn ColdTier>>> {
+        match &self.cold {
+            Some(c) => c.build(),
+            None => Ok(None),
         }
     }
 

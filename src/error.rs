@@ -122,6 +122,12 @@ pub enum Error {
         percentage = .0.percentage, reserved = .0.reserved, requested = .0.requested
     )]
     QuotaExceeded(Box<crate::quota::Exceeded>),
+
+    /// A service the operation needs (the cold tier's object store) did not answer, through
+    /// its own retries. Temporary: nothing was lost or changed, and the same call may succeed
+    /// later. HTTP answers 503 with `Retry-After`.
+    #[error("temporarily unavailable: {context}: {message}")]
+    Unavailable { context: String, message: String },
 }
 
 impl Error {
@@ -188,7 +194,16 @@ impl Error {
             },
             Error::ScanUnavailable(m) => Error::ScanUnavailable(m.clone()),
             Error::QuotaExceeded(x) => Error::QuotaExceeded(x.clone()),
+            Error::Unavailable { context, message } => Error::Unavailable {
+                context: context.clone(),
+                message: message.clone(),
+            },
         }
+    }
+
+    /// True when the same call may succeed later (the cold tier was unreachable).
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, Error::Unavailable { .. })
     }
 
     /// True when the error reports damaged stored data rather than a failed operation.

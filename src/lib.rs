@@ -64,11 +64,14 @@ pub use maintenance::reports::{
 };
 pub use maintenance::rescan::{RescanChange, RescanOptions, RescanReport};
 pub use maintenance::scheduler::{Job, JobReport, JobRun, Scheduled, Scheduler};
+pub use maintenance::tiering::{
+    ColdGcReport, TierMoveOptions, TierMoveReport, TierRule, TierRules,
+};
 pub use maintenance::verify::VerifyReport;
 pub use maintenance::verify::{AffectedFile, DamagedChunk};
 pub use quota::{QuotaConfig, QuotaEvent, QuotaStatus};
 pub use store::{
     Config, FileInfo, FileReader, ListPage, ListQuery, PutOptions, PutReport, Store, StoreStats,
-    VersionInfo,
+    TierStats, VersionInfo,
 };
 pub use upload::{Checksum, ChecksumAlgo, SweepReport, UploadMeta, UploadSession};

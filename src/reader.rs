@@ -49,6 +49,8 @@ pub struct FileReader {
     cur: Option<usize>,
     buf: Vec<u8>,
     ahead: Option<ReadAhead>,
+    /// Set once a chunk came from the cold tier (for `Config::rehydrate_on_read`).
+    cold: Arc<AtomicBool>,
 }
 
 impl FileReader {
@@ -79,6 +81,7 @@ impl FileReader {
             cur: None,
             buf: Vec::new(),
             ahead: None,
+            cold: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -150,6 +153,9 @@ impl FileReader {
                     self.version,
                     &mut buf,
                 );
+                if crate::tier::is_cold_pack(loc.pack) {
+                    self.cold.store(true, Ordering::Relaxed);
+                }
                 self.buf = buf;
                 res?;
             }
@@ -212,6 +218,7 @@ impl ReadAhead {
                 let (store, chunks, tx) = (reader.store.clone(), reader.chunks.clone(), tx.clone());
                 let (claim, consumed, stop) = (claim.clone(), consumed.clone(), stop.clone());
                 let (file, version) = (reader.file, reader.version);
+                let cold = reader.cold.clone();
                 std::thread::spawn(move || {
                     let snapshot = store.inner().index.read();
                     loop {
@@ -232,6 +239,9 @@ impl ReadAhead {
                         let mut buf = Vec::new();
                         let res = match &snapshot {
                             Ok(r) => locate(r, &chunks[i], file, version).and_then(|loc| {
+                                if crate::tier::is_cold_pack(loc.pack) {
+                                    cold.store(true, Ordering::Relaxed);
+                                }
                                 decode(&store, &chunks[i], loc, file, version, &mut buf)
                             }),
                             Err(e) => Err(e.duplicate()),
@@ -286,6 +296,21 @@ impl Drop for ReadAhead {
         self.consumed.1.notify_all();
         for w in self.workers.drain(..) {
             let _ = w.join();
+        }
+    }
+}
+
+impl Drop for FileReader {
+    fn drop(&mut self) {
+        // Rehydration on read: on a thread of its own, so dropping a reader never blocks (the
+        // HTTP service may drop one on an async worker). Best effort, see `Store::rehydrate`.
+        self.ahead = None;
+        if self.cold.load(Ordering::Relaxed)
+            && self.store.inner().config.rehydrate_on_read
+            && !self.store.inner().read_only
+        {
+            let (store, file) = (self.store.clone(), self.file);
+            std::thread::spawn(move || store.rehydrate(file));
         }
     }
 }

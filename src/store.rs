@@ -31,6 +31,7 @@ use crate::commit::{Change, Committer, Target};
 use crate::error::{Error, IoContext, Result};
 use crate::id::{ChunkId, FileId};
 use crate::index::{FileRecord, Index, ListFilter, ReadOnlyOpen, VersionRecord};
+use crate::maintenance::tiering::{TierRules, default_tier_rules};
 use crate::pack::manifest::{VersionMeta, flags};
 use crate::pack::record::RecordKind;
 use crate::pack::storage::{FsPackStorage, PackStorage, sync_dir};
@@ -39,6 +40,8 @@ use crate::pipeline::{self, InFlight};
 use crate::quota::{Admission, QuotaConfig, QuotaGate, Quotas};
 pub use crate::reader::FileReader;
 use crate::scan::{Outcome, ScanConfig, ScanGate, ScanStamp};
+use crate::tier::ColdTier;
+use crate::tier::cold::Cold;
 use crate::validate::{self, Guarded, Policy};
 
 /// Format of `store.json`.
@@ -88,6 +91,22 @@ pub struct Config {
     /// after the last write of those notes writes them, in one transaction (default 60 s).
     /// Commits, [`Store::flush`] and closing the store write them too.
     pub access_flush_interval: std::time::Duration,
+    /// The cold tier chunks may move to (default: none — every chunk stays in local packs).
+    /// See docs/design.md, "Cold tier".
+    pub cold_tier: Option<Arc<dyn ColdTier>>,
+    /// Lifecycle rules per category: when a file's chunks go cold, and in which storage class
+    /// (default: SPEC §6 — documents after 90 days without a read, images 30, backups 7).
+    /// Applied by [`Store::move_to_cold`] with `rules`, and by the scheduler's `tier` job;
+    /// they do nothing without a `cold_tier`.
+    pub tier_rules: TierRules,
+    /// Bytes of cold objects the read path keeps in memory (default 64 MiB).
+    pub cold_cache_bytes: u64,
+    /// Cold reads fetch aligned blocks of this many bytes with one range GET each (default
+    /// 2 MiB): a sequential read costs one request per block, a small range read one block.
+    pub cold_read_block: u64,
+    /// After a read that found cold chunks, move the file back to the hot tier (default
+    /// false). Started when the reader is dropped, on a thread of its own; best effort.
+    pub rehydrate_on_read: bool,
 }
 
 impl Default for Config {
@@ -105,6 +124,11 @@ impl Default for Config {
             quotas: QuotaConfig::default(),
             clock: Arc::new(SystemClock),
             access_flush_interval: std::time::Duration::from_secs(60),
+            cold_tier: None,
+            tier_rules: default_tier_rules(&Policy::default()),
+            cold_cache_bytes: 64 << 20,
+            cold_read_block: 2 << 20,
+            rehydrate_on_read: false,
         }
     }
 }
@@ -122,6 +146,11 @@ impl std::fmt::Debug for Config {
             .field("scan", &self.scan)
             .field("access_flush_interval", &self.access_flush_interval)
             .field("quotas", &self.quotas)
+            .field("cold_tier", &self.cold_tier.as_ref().map(|t| t.describe()))
+            .field("tier_rules", &self.tier_rules)
+            .field("cold_cache_bytes", &self.cold_cache_bytes)
+            .field("cold_read_block", &self.cold_read_block)
+            .field("rehydrate_on_read", &self.rehydrate_on_read)
             .finish_non_exhaustive()
     }
 }
@@ -383,6 +412,27 @@ pub struct StoreStats {
     /// logical / pack bytes: what dedup and compression save together.
     pub total_ratio: f64,
     pub chunking: ChunkParams,
+    /// Chunks and bytes in local packs.
+    pub hot: TierStats,
+    /// Chunks and bytes in the cold tier (all zero without one).
+    pub cold: TierStats,
+    /// The cold tier, as it describes itself (`memory`, `dir:...`, `s3://...`), if any.
+    pub cold_tier: Option<String>,
+}
+
+/// Figures of one storage tier.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TierStats {
+    /// Distinct chunks kept in the tier.
+    pub chunks: u64,
+    /// Plain bytes of those chunks.
+    pub unique_bytes: u64,
+    /// Stored (compressed) payload bytes of those chunks.
+    pub stored_bytes: u64,
+    /// Packs: local pack files, or cold objects.
+    pub packs: u64,
+    /// Bytes of those packs (garbage and framing included): disk bytes, or object bytes.
+    pub pack_bytes: u64,
 }
 
 pub(crate) struct Inner {
@@ -415,6 +465,8 @@ pub(crate) struct Inner {
     pub quotas: Quotas,
     /// Opened with `open_read_only`.
     pub read_only: bool,
+    /// The cold tier, when the configuration has one.
+    pub cold: Option<Cold>,
     _lock: File,
 }
 
@@ -756,6 +808,10 @@ impl Store {
         )?;
         let in_flight = Arc::new(InFlight::new(config.max_in_flight));
         let quotas = Quotas::new(config.quotas.clone());
+        let cold = config
+            .cold_tier
+            .clone()
+            .map(|t| Cold::new(t, store_id, config.cold_read_block, config.cold_cache_bytes));
         let store = Store {
             inner: Arc::new(Inner {
                 dir: dir.to_path_buf(),
@@ -774,6 +830,7 @@ impl Store {
                 upload_writers: Default::default(),
                 quotas,
                 read_only,
+                cold,
                 _lock: lock,
             }),
         };
@@ -1191,6 +1248,22 @@ impl Store {
         let pack_bytes = self.inner.packs.disk_bytes()?;
         let index_bytes = fs::metadata(index_path(&self.inner.dir)).map_or(0, |m| m.len());
         let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+        let cc = r.cold_counters()?;
+        let cold_packs = r.cold_packs()?;
+        let cold = TierStats {
+            chunks: cc.chunks,
+            unique_bytes: cc.raw_bytes,
+            stored_bytes: cc.stored_bytes,
+            packs: cold_packs.len() as u64,
+            pack_bytes: cold_packs.iter().map(|(_, p)| p.len).sum(),
+        };
+        let hot = TierStats {
+            chunks: c.chunks.saturating_sub(cc.chunks),
+            unique_bytes: c.chunk_raw_bytes.saturating_sub(cc.raw_bytes),
+            stored_bytes: c.chunk_stored_bytes.saturating_sub(cc.stored_bytes),
+            packs,
+            pack_bytes,
+        };
         Ok(StoreStats {
             files: c.files,
             versions: c.versions,
@@ -1202,8 +1275,11 @@ impl Store {
             index_bytes,
             packs,
             dedup_ratio: ratio(c.logical_bytes, c.chunk_raw_bytes),
-            total_ratio: ratio(c.logical_bytes, pack_bytes),
+            total_ratio: ratio(c.logical_bytes, pack_bytes + cold.pack_bytes),
             chunking: self.inner.identity.chunking,
+            hot,
+            cold,
+            cold_tier: self.inner.cold.as_ref().map(|c| c.tier.describe()),
         })
     }
 
@@ -1259,6 +1335,9 @@ impl Store {
 
     /// Reads and checks the chunk at `loc`, which must be `id`.
     pub(crate) fn read_chunk(&self, id: &ChunkId, loc: Location, buf: &mut Vec<u8>) -> Result<()> {
+        if crate::tier::is_cold_pack(loc.pack) {
+            return self.read_cold_chunk(id, loc, buf);
+        }
         let header = self.inner.packs.read_into(loc, buf);
         if header.is_err() && !self.inner.packs.has(loc.pack) {
             // Compaction may have moved the chunk (and removed its pack) since the reader
@@ -1292,6 +1371,93 @@ impl Store {
             });
         }
         Ok(())
+    }
+}
+
+impl Store {
+    /// [`Store::read_chunk`] of a chunk in a cold pack: the record through the block cache,
+    /// checked like a local one (header and payload CRCs, BLAKE3 of the plain bytes against
+    /// the id). A record that fails is never returned, and its cached blocks are dropped.
+    fn read_cold_chunk(&self, id: &ChunkId, loc: Location, buf: &mut Vec<u8>) -> Result<()> {
+        match self.read_cold_chunk_once(id, loc, buf) {
+            // Bytes damaged in the cache or in transit: the blocks are dropped; fetch them
+            // again, once. Damage that is in the object fails again.
+            Err(Error::Corrupt { .. }) => self.read_cold_chunk_once(id, loc, buf),
+            other => other,
+        }
+    }
+
+    fn read_cold_chunk_once(&self, id: &ChunkId, loc: Location, buf: &mut Vec<u8>) -> Result<()> {
+        let Some(cold) = &self.inner.cold else {
+            return Err(Error::Unavailable {
+                context: format!("reading chunk {}", id.to_hex()),
+                message: "the chunk is in the cold tier and no cold tier is configured".into(),
+            });
+        };
+        let raw = match cold.record(&self.inner.index, loc) {
+            Ok(raw) => raw,
+            Err(e) => {
+                // A move back to hot (and the collector) may have taken the chunk out of this
+                // pack since the reader looked it up: ask the index again, once.
+                if let Some(row) = self.inner.index.read()?.chunk(id)?
+                    && row.loc != loc
+                {
+                    return self.read_chunk(id, row.loc, buf);
+                }
+                return Err(match e {
+                    Error::Corrupt {
+                        location, detail, ..
+                    } => Error::Corrupt {
+                        location,
+                        detail,
+                        chunk: Some(id.to_hex()),
+                    },
+                    other => other,
+                });
+            }
+        };
+        let corrupt = |detail: String| {
+            cold.invalidate(loc);
+            Error::Corrupt {
+                location: format!("{} at offset {}", cold.key(loc.pack), loc.offset),
+                detail,
+                chunk: Some(id.to_hex()),
+            }
+        };
+        let (header, stored) =
+            crate::pack::record::decode_record(&raw).map_err(|e| corrupt(e.to_string()))?;
+        if header.record_len() != loc.len as u64 {
+            return Err(corrupt(format!(
+                "record is {} bytes, the index says {}",
+                header.record_len(),
+                loc.len
+            )));
+        }
+        if header.key != id.0 || header.kind != RecordKind::Chunk {
+            return Err(corrupt("the index points at a different record".into()));
+        }
+        crate::pack::record::decode_payload_into(&header, stored, buf)
+            .map_err(|e| corrupt(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Whether the store has a cold tier (`Config::cold_tier`).
+    pub fn has_cold_tier(&self) -> bool {
+        self.inner.cold.is_some()
+    }
+
+    /// Bytes the cold read path's cache holds now (never more than `Config::cold_cache_bytes`,
+    /// plus one block).
+    pub fn cold_cached_bytes(&self) -> u64 {
+        self.inner.cold.as_ref().map_or(0, |c| c.cached_bytes())
+    }
+
+    /// Range GETs the cold read path has issued since the store opened (tests, benchmarks).
+    pub fn cold_gets(&self) -> u64 {
+        self.inner
+            .cold
+            .as_ref()
+            .map_or(0, |c| c.gets.load(std::sync::atomic::Ordering::Relaxed))
     }
 }
 

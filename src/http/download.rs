@@ -285,9 +285,18 @@ pub async fn serve(
     } else {
         let store = state.store.clone();
         let (id, version) = (t.file, v.version);
-        let reader = blocking(move || store.get_version_range(id, version, start..end)).await?;
+        // The first bytes are read before the answer starts, so a cold tier that is down is a
+        // 503 with Retry-After rather than a 200 cut short.
+        let (first, reader) = blocking(move || {
+            let mut r = store.get_version_range(id, version, start..end)?;
+            let mut first = vec![0u8; 64 << 10];
+            let n = std::io::Read::read(&mut r, &mut first).map_err(crate::store::io_to_error)?;
+            first.truncate(n);
+            Ok((first, r))
+        })
+        .await?;
         metrics::download_started(end - start);
-        let rx = bridge::pump(reader);
+        let rx = bridge::pump(std::io::Read::chain(std::io::Cursor::new(first), reader));
         Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|item| (item, rx))
         }))

@@ -130,6 +130,7 @@ impl From<Error> for ApiError {
             Error::ScanUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "scanner_unavailable"),
             Error::QuotaExceeded(_) => (StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded"),
             Error::Locked { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_locked"),
+            Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Error::Io { .. } if e.is_disk_full() => {
                 (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
             }
@@ -140,6 +141,10 @@ impl From<Error> for ApiError {
             tracing::error!(error = %e, "request failed");
         }
         let mut api = ApiError::new(status, code, e.to_string());
+        if e.is_temporary() {
+            // The cold tier retried already; a client should come back later, not at once.
+            api = api.with_header(header::RETRY_AFTER, HeaderValue::from_static("30"));
+        }
         match e {
             Error::Infected { signature, .. } => api.signature = Some(signature),
             Error::QuotaExceeded(x) => api.quota = Some(Box::new(QuotaFigures::from(&*x))),
@@ -166,3 +171,29 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = std::result::Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tier_unavailable_is_503_with_retry_after() {
+        let api = ApiError::from(Error::Unavailable {
+            context: "reading a cold pack".into(),
+            message: "the object store does not answer".into(),
+        });
+        assert_eq!(api.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(api.code, "unavailable");
+        assert!(
+            api.headers
+                .iter()
+                .any(|(k, v)| *k == header::RETRY_AFTER && v == "30")
+        );
+        let other = ApiError::from(Error::Corrupt {
+            location: "x".into(),
+            detail: "y".into(),
+            chunk: None,
+        });
+        assert!(other.headers.is_empty());
+    }
+}

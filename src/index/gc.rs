@@ -116,6 +116,7 @@ macro_rules! gc_lookups {
             dump!(ZERO_REFS, "zero_refs");
             dump!(PACK_GARBAGE, "pack_garbage");
             dump!(CONTENT_FILES, "content_files");
+            dump!(COLD_PACKS, "cold_packs");
             dump!(super::quota::OWNER_USAGE, "owner_usage");
             dump!(super::quota::ORG_USAGE, "org_usage");
             dump!(super::quota::QUOTA_LEVELS, "quota_levels");
@@ -323,6 +324,9 @@ impl WriteTx {
         self.add_counter("chunks", -1)?;
         self.add_counter("chunk_raw_bytes", -(row.raw_len as i64))?;
         self.add_counter("chunk_stored_bytes", -(row.stored_len as i64))?;
+        if crate::tier::is_cold_pack(row.loc.pack) {
+            self.count_cold(&row, -1)?;
+        }
         Ok(Some(row.loc))
     }
 

@@ -11,6 +11,7 @@ mod gc;
 mod quota;
 mod reports;
 mod schema;
+mod tiers;
 mod uploads;
 mod users;
 
@@ -31,6 +32,7 @@ use crate::pack::{Location, PackState};
 pub use quota::day_of;
 use schema::*;
 pub use schema::{ChunkRow, INDEX_FORMAT};
+pub use tiers::{ColdCounters, ColdPackRow};
 pub use uploads::UploadRecord;
 pub use users::{TokenRecord, UserRecord};
 

@@ -52,6 +52,12 @@ pub const PACK_GARBAGE: TableDefinition<u32, u64> = TableDefinition::new("pack_g
 pub const CONTENT_FILES: TableDefinition<(&[u8; 32], u128), ()> =
     TableDefinition::new("content_files");
 
+/// Cold pack id → `ColdPackRow` (JSON): the packs that live as objects in the cold tier (see
+/// `tier` and docs/design.md, "Cold tier"). A chunk is cold exactly when its row points at a
+/// pack listed here; cold pack ids are at or above `tier::COLD_PACK_BASE`, so they never
+/// collide with local packs, which `PACKS` lists.
+pub const COLD_PACKS: TableDefinition<u32, &[u8]> = TableDefinition::new("cold_packs");
+
 pub const CHUNK_ROW_LEN: usize = 32;
 pub const PACK_ROW_LEN: usize = 9;
 

@@ -153,6 +153,9 @@ pub struct GcReport {
     pub bytes_reclaimed: u64,
     /// Records of compacted packs that could not be read (left behind; `verify` reports them).
     pub problems: Vec<String>,
+    /// The pass over the cold tier, when the store has one (see `maintenance::tiering`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cold: Option<super::tiering::ColdGcReport>,
 }
 
 /// What [`Store::purge_deleted`] and [`Store::keep_last`] did (or would do).
@@ -187,6 +190,7 @@ impl Store {
         if opts.compact {
             compact(inner, opts, &projected, &mut report)?;
         }
+        report.cold = super::tiering::collect_cold(inner, opts)?;
         Ok(report)
     }
 

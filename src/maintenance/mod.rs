@@ -11,6 +11,7 @@ pub mod recover;
 pub mod reports;
 pub mod rescan;
 pub mod scheduler;
+pub mod tiering;
 pub mod verify;
 
 use serde::Serialize;

@@ -53,6 +53,8 @@ pub struct RecoverReport {
     /// Users (with their token hashes) copied from the old index: they are recorded nowhere
     /// else, so an index that cannot be read loses them (add them again with `tessera user`).
     pub users_kept: u64,
+    /// Cold packs found in the cold tier (with `Config::cold_tier`) and indexed again.
+    pub cold_packs: u64,
 }
 
 /// Copies users and token hashes from the old index into the new one, when the old one still
@@ -258,6 +260,11 @@ pub fn recover(
         });
     }
     progress.finish();
+    // The cold tier's packs, after the local ones: a chunk with a local copy stays hot.
+    let cold = match &config.cold_tier {
+        Some(tier) => scan_cold(&**tier, store_id, config, &mut rows, &mut report)?,
+        None => Vec::new(),
+    };
 
     let building = dir.join("index.redb.recovering");
     if building.exists() {
@@ -314,6 +321,22 @@ pub fn recover(
         }
     }
     w.set_packs(&states)?;
+    // Cold packs: their rows, the chunks that ended up pointing into them (counted as cold),
+    // and everything else in them as garbage, so the collector deletes packs nobody needs.
+    let mut live: HashMap<u32, u64> = HashMap::new();
+    for (id, row) in &rows {
+        if crate::tier::is_cold_pack(row.loc.pack) && w.chunk(id)?.is_some() {
+            *live.entry(row.loc.pack).or_default() += row.loc.len as u64;
+            w.count_cold_chunk(row)?;
+        }
+    }
+    for (id, row) in &cold {
+        w.insert_cold_pack(*id, row)?;
+        let used = PACK_HEADER_LEN + live.get(id).copied().unwrap_or(0);
+        if row.len > used {
+            w.add_garbage(*id, row.len - used)?;
+        }
+    }
     // Last-read times are not journaled: replay leaves each file at its latest write. Reports
     // count no file as unread for longer than the time since this rebuild.
     w.set_meta(crate::maintenance::reports::READS_SINCE, &now.to_le_bytes())?;
@@ -344,4 +367,103 @@ pub fn recover(
         ));
     }
     Ok(report)
+}
+
+/// Downloads every cold pack of the store from `tier` and adds its chunk records to `rows`
+/// (where no local copy was found). Returns the cold pack rows to index.
+fn scan_cold(
+    tier: &dyn crate::tier::ColdTier,
+    store_id: u128,
+    config: &Config,
+    rows: &mut HashMap<ChunkId, ChunkRow>,
+    report: &mut RecoverReport,
+) -> Result<Vec<(u32, crate::index::ColdPackRow)>> {
+    use crate::tier::cold::tier_error;
+    let prefix = format!("packs/{store_id:032x}/");
+    let listed = tier
+        .list(&prefix)
+        .map_err(|e| tier_error("listing the cold tier", e))?;
+    let mut out = Vec::new();
+    let mut plain = Vec::new();
+    for obj in listed {
+        let id = obj
+            .key
+            .strip_prefix(&prefix)
+            .and_then(|n| n.strip_suffix(".pack"))
+            .filter(|n| n.len() == 8)
+            .and_then(|n| u32::from_str_radix(n, 16).ok())
+            .filter(|&id| crate::tier::is_cold_pack(id));
+        let Some(id) = id else { continue };
+        let data = tier
+            .get_range(&obj.key, 0..obj.size)
+            .map_err(|e| tier_error("reading a cold pack", e))?;
+        match decode_pack_header(&data) {
+            Ok((pid, sid)) if pid == id && sid == store_id => {}
+            Ok(_) => {
+                report.skipped_packs.push((
+                    id,
+                    format!("{}: header names another pack or store", obj.key),
+                ));
+                continue;
+            }
+            Err(e) => {
+                report.skipped_packs.push((id, format!("{}: {e}", obj.key)));
+                continue;
+            }
+        }
+        report.cold_packs += 1;
+        for item in record::scan_records(&data, PACK_HEADER_LEN as usize) {
+            match item {
+                ScanItem::Record {
+                    offset,
+                    header,
+                    stored,
+                } if header.kind == RecordKind::Chunk => {
+                    report.records += 1;
+                    if let Err(e) = record::decode_payload_into(&header, stored, &mut plain) {
+                        report.damaged_regions.push(DamagedRegion {
+                            pack: id,
+                            offset: offset as u64,
+                            len: header.record_len(),
+                            error: e.to_string(),
+                        });
+                        continue;
+                    }
+                    rows.entry(ChunkId(header.key)).or_insert(ChunkRow {
+                        loc: Location {
+                            pack: id,
+                            offset: offset as u64,
+                            len: header.record_len() as u32,
+                        },
+                        raw_len: header.raw_len,
+                        stored_len: header.stored_len,
+                        refs: 0,
+                    });
+                }
+                ScanItem::Record { offset, .. } => report.problems.push(format!(
+                    "cold pack {} at {offset}: not a chunk record (ignored)",
+                    obj.key
+                )),
+                ScanItem::Damage {
+                    offset, len, error, ..
+                } => report.damaged_regions.push(DamagedRegion {
+                    pack: id,
+                    offset: offset as u64,
+                    len: len as u64,
+                    error: error.to_string(),
+                }),
+            }
+        }
+        out.push((
+            id,
+            crate::index::ColdPackRow {
+                key: obj.key.clone(),
+                len: data.len() as u64,
+                blake3: blake3::hash(&data).to_hex().to_string(),
+                storage_class: None,
+                created_ms: config.clock.now_ms(),
+            },
+        ));
+    }
+    Ok(out)
 }

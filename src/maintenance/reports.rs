@@ -24,9 +24,11 @@ const DAY_MS: i64 = 86_400_000;
 /// Files listed per duplicate group (all are counted).
 const GROUP_MEMBERS: usize = 100;
 
-/// The storage tier files live in. Everything is in the local packs today; a cold tier will
-/// add its own rows to [`StorageReport::by_tier`].
+/// The storage tiers of [`StorageReport::by_tier`]: local packs, and the cold tier (a row
+/// only when the store has one or holds cold chunks). Files and versions are counted in the
+/// hot row; the chunk figures split by where each chunk is.
 pub const TIER_HOT: &str = "hot";
+pub const TIER_COLD: &str = "cold";
 
 /// Which files [`Store::report_unread`] lists.
 #[derive(Debug, Clone, Default)]
@@ -366,6 +368,21 @@ impl Store {
             });
         }
         let c = r.counters()?;
+        let cold = r.cold_counters()?;
+        let mut by_tier = vec![TierUsage {
+            tier: TIER_HOT.into(),
+            usage: totals,
+            unique_bytes: c.chunk_raw_bytes.saturating_sub(cold.raw_bytes),
+            stored_bytes: c.chunk_stored_bytes.saturating_sub(cold.stored_bytes),
+        }];
+        if self.has_cold_tier() || cold.chunks > 0 {
+            by_tier.push(TierUsage {
+                tier: TIER_COLD.into(),
+                usage: Usage::default(),
+                unique_bytes: cold.raw_bytes,
+                stored_bytes: cold.stored_bytes,
+            });
+        }
         Ok(StorageReport {
             totals,
             by_category: by_category
@@ -373,12 +390,7 @@ impl Store {
                 .map(|(category, usage)| CategoryUsage { category, usage })
                 .collect(),
             by_owner: owners,
-            by_tier: vec![TierUsage {
-                tier: TIER_HOT.into(),
-                usage: totals,
-                unique_bytes: c.chunk_raw_bytes,
-                stored_bytes: c.chunk_stored_bytes,
-            }],
+            by_tier,
             by_account_tier: by_account_tier.into_values().collect(),
         })
     }

@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::error::Result;
 use crate::maintenance::gc::{GcOptions, GcReport, PurgeReport};
 use crate::maintenance::lifecycle::{ExpiryRules, RetentionRules};
+use crate::maintenance::tiering::{TierMoveOptions, TierMoveReport};
 use crate::store::Store;
 
 /// One maintenance job and its parameters.
@@ -31,6 +32,9 @@ pub enum Job {
     Expiry(ExpiryRules),
     /// [`Store::purge_quarantined`] of files quarantined at least this long ago.
     QuarantinePurge { older_than: Duration },
+    /// Moves to the cold tier what the store's lifecycle rules (`Config::tier_rules`) make
+    /// eligible. Does nothing when the store has no cold tier.
+    ColdMove,
 }
 
 impl Job {
@@ -42,6 +46,7 @@ impl Job {
             Job::Retention(_) => "retention",
             Job::Expiry(_) => "expiry",
             Job::QuarantinePurge { .. } => "quarantine_purge",
+            Job::ColdMove => "cold_move",
         }
     }
 
@@ -60,6 +65,15 @@ impl Job {
             Job::QuarantinePurge { older_than } => {
                 JobReport::Purge(store.purge_quarantined(*older_than, dry_run)?)
             }
+            Job::ColdMove if !store.has_cold_tier() => JobReport::Tier(TierMoveReport {
+                dry_run,
+                ..Default::default()
+            }),
+            Job::ColdMove => JobReport::Tier(store.move_to_cold(&TierMoveOptions {
+                rules: true,
+                dry_run,
+                ..Default::default()
+            })?),
         })
     }
 }
@@ -78,6 +92,7 @@ pub struct Scheduled {
 pub enum JobReport {
     Gc(GcReport),
     Purge(PurgeReport),
+    Tier(TierMoveReport),
 }
 
 /// One run of one job.

@@ -160,10 +160,25 @@ impl Store {
         // 2. Every indexed chunk must be an intact record at its location.
         let mut recorded_refs: HashMap<ChunkId, u64> = HashMap::new();
         let mut damaged: HashMap<ChunkId, DamagedChunk> = HashMap::new();
+        // Cold chunks are checked against `cold_packs` here; their bytes by `verify_cold`.
+        let cold_lens: HashMap<u32, u64> = r
+            .cold_packs()?
+            .into_iter()
+            .map(|(id, p)| (id, p.len))
+            .collect();
         r.for_each_chunk(|id, row| {
             report.chunks += 1;
             recorded_refs.insert(id, row.refs);
             let error = match seen.get(&(row.loc.pack, row.loc.offset)) {
+                _ if crate::tier::is_cold_pack(row.loc.pack) => {
+                    match cold_lens.get(&row.loc.pack) {
+                        None => Some("the chunk's cold pack is not in the index".to_string()),
+                        Some(&len) if row.loc.offset + row.loc.len as u64 > len => {
+                            Some("the chunk lies past the end of its cold pack".to_string())
+                        }
+                        Some(_) => None,
+                    }
+                }
                 Some(Seen::Ok {
                     kind: RecordKind::Chunk,
                     key,

@@ -433,6 +433,29 @@ impl Packs {
         with_record(&buf, plain)
     }
 
+    /// The record at `loc` as stored, framing included, unchecked (moves between tiers copy
+    /// records as they are, after checking them themselves).
+    pub fn read_raw(&self, loc: Location) -> Result<Vec<u8>> {
+        let end = loc.offset + loc.len as u64;
+        if loc.pack != self.active_id.load(Ordering::Acquire) {
+            let map = self.map(loc.pack)?;
+            let bytes = map.bytes();
+            if end > bytes.len() as u64 {
+                return Err(Error::corrupt(
+                    self.storage.describe(loc.pack),
+                    format!("record {}..{end} lies past the end of the pack", loc.offset),
+                ));
+            }
+            self.note_mapped_read(loc.len as u64);
+            return Ok(bytes[loc.offset as usize..end as usize].to_vec());
+        }
+        let mut buf = vec![0u8; loc.len as usize];
+        self.file(loc.pack)?
+            .read_at(loc.offset, &mut buf)
+            .ctx(|| format!("reading {}", self.storage.describe(loc.pack)))?;
+        Ok(buf)
+    }
+
     fn file(&self, id: u32) -> Result<Arc<dyn PackFile>> {
         if let Some(f) = self.files.read().unwrap().get(&id) {
             return Ok(f.clone());

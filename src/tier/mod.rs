@@ -11,6 +11,8 @@
 //! The trait is synchronous: the engine's put and get paths are threads, not tasks. An
 //! implementation over an async client owns its runtime and blocks on it.
 
+pub(crate) mod cold;
+mod faulty;
 mod local;
 #[cfg(feature = "s3")]
 mod s3;
@@ -20,9 +22,19 @@ use std::ops::Range;
 use std::sync::Mutex;
 use std::time::Duration;
 
+pub use faulty::FaultyTier;
 pub use local::LocalDirTier;
 #[cfg(feature = "s3")]
 pub use s3::{S3Options, S3Tier, is_loopback_http};
+
+/// Cold pack ids start here; local packs count up from 1 and never get near it. So a chunk
+/// row's pack id alone says its tier, and a cold pack id never names a local file.
+pub const COLD_PACK_BASE: u32 = 1 << 31;
+
+/// Whether pack `id` is a cold pack (an object in the cold tier).
+pub fn is_cold_pack(id: u32) -> bool {
+    id >= COLD_PACK_BASE
+}
 
 /// What can go wrong talking to a cold tier. Implementations retry transient failures with
 /// backoff themselves; an error that reaches the engine is final for this call.

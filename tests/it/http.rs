@@ -35,15 +35,24 @@ impl Service {
     }
 
     pub fn with(tweak: impl FnOnce(&mut Settings)) -> Service {
+        Service::with_config(tweak, |_| {})
+    }
+
+    /// [`Service::with`], with a last say on the engine configuration (a cold tier, say).
+    pub fn with_config(
+        tweak: impl FnOnce(&mut Settings),
+        tweak_config: impl FnOnce(&mut Config),
+    ) -> Service {
         let tmp = TempStore::new();
         let mut settings = Settings::default();
         settings.server.listen = "127.0.0.1:0".parse().unwrap();
         tweak(&mut settings);
         let clock = Arc::new(TestClock(AtomicI64::new(1_800_000_000_000)));
-        let config = Config {
+        let mut config = Config {
             clock: clock.clone(),
             ..settings.store_config()
         };
+        tweak_config(&mut config);
         let store = Store::create(tmp.path(), config).unwrap();
         let (_, admin) = store
             .user_add(

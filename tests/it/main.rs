@@ -15,6 +15,7 @@ mod recover;
 mod reports;
 mod rescan;
 mod scan;
+mod tier;
 #[cfg(feature = "s3")]
 mod tier_conformance;
 mod tus;

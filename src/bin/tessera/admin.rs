@@ -85,6 +85,29 @@ pub fn stats(ctx: &Ctx) -> CmdResult {
         ("stored bytes", bytes(s.stored_bytes)),
         ("chunks", s.chunks.to_string()),
         ("packs", s.packs.to_string()),
+        (
+            "hot tier",
+            format!(
+                "{} chunks, {} stored, {} packs ({})",
+                s.hot.chunks,
+                ui::size(s.hot.stored_bytes),
+                s.hot.packs,
+                ui::size(s.hot.pack_bytes)
+            ),
+        ),
+        (
+            "cold tier",
+            match &s.cold_tier {
+                None => "none configured".to_string(),
+                Some(t) => format!(
+                    "{} chunks, {} stored, {} objects ({}) in {t}",
+                    s.cold.chunks,
+                    ui::size(s.cold.stored_bytes),
+                    s.cold.packs,
+                    ui::size(s.cold.pack_bytes)
+                ),
+            },
+        ),
         ("dedup ratio", format!("{:.2}x", s.dedup_ratio)),
         ("total ratio", format!("{:.2}x", s.total_ratio)),
         (
@@ -155,17 +178,35 @@ fn verify_text(r: &VerifyReport) -> String {
     out.join("\n")
 }
 
-pub fn verify(ctx: &Ctx) -> CmdResult {
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    /// Also download every cold object and check it: its length and BLAKE3, and every record.
+    #[arg(long)]
+    cold: bool,
+}
+
+pub fn verify(ctx: &Ctx, a: &VerifyArgs) -> CmdResult {
     let store = Store::open_read_only(&ctx.store_dir, ctx.config())?;
     warn_open_report(ctx, &store);
     let report = store.verify(&BarProgress::new(&ctx.ui))?;
-    let ok = report.is_ok();
+    let cold = if a.cold {
+        Some(store.verify_cold()?)
+    } else {
+        None
+    };
+    let ok = report.is_ok() && cold.as_ref().is_none_or(|c| c.is_ok());
     if ctx.ui.json {
         let mut v = serde_json::to_value(&report).expect("report serialises");
+        if let Some(c) = &cold {
+            v["cold"] = serde_json::to_value(c).expect("report serialises");
+        }
         v["ok"] = ok.into();
         ctx.ui.emit_json(&v)?;
     } else if !(ok && ctx.ui.quiet) {
         ctx.ui.print(verify_text(&report))?;
+        if let Some(c) = &cold {
+            ctx.ui.print(format!("cold tier: {}", verify_text(c)))?;
+        }
     }
     Ok(if ok { Status::Ok } else { Status::Damaged })
 }

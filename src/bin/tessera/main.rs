@@ -18,6 +18,7 @@ mod scan;
 #[cfg(feature = "server")]
 mod serve;
 mod stress;
+mod tier;
 mod ui;
 
 use std::path::PathBuf;
@@ -64,6 +65,17 @@ struct Cli {
     #[arg(short, long, global = true, help_heading = GLOBAL)]
     quiet: bool,
 
+    /// A directory to use as the cold tier (a local-directory tier: tests, or cold data on a
+    /// cheaper mounted disk). The `[cold]` section of the configuration names an S3 one.
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "TESSERA_COLD_DIR",
+        value_name = "DIR"
+    )]
+    cold_dir: Option<PathBuf>,
+
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -97,7 +109,7 @@ enum Cmd {
     /// Store-wide figures: sizes, dedup and compression ratios.
     Stats,
     /// Re-read and re-hash everything; exit 3 when anything is damaged.
-    Verify,
+    Verify(admin::VerifyArgs),
     /// Collect garbage: sweep chunks unreferenced for longer than the grace period, then
     /// rewrite packs whose garbage share passes the threshold.
     Gc(admin::GcArgs),
@@ -129,8 +141,12 @@ enum Cmd {
     Scan(scan::ScanArgs),
     /// Concurrent puts that print `ACK <key> <version> <blake3> <size>` once each put returned
     /// (used by the crash-safety test).
+    #[command(subcommand)]
+    Tier(tier::TierCmd),
     #[command(hide = true)]
     DebugStress(stress::StressArgs),
+    #[command(hide = true)]
+    DebugTierMove(tier::DebugMoveArgs),
 }
 
 #[derive(Debug, Args)]
@@ -273,12 +289,18 @@ pub struct Ctx {
     pub ui: Ui,
     /// The configuration file's settings (defaults without `--config`).
     pub settings: tessera::config::Settings,
+    /// `--cold-dir`: a local-directory cold tier.
+    pub cold_dir: Option<PathBuf>,
 }
 
 impl Ctx {
     /// The engine configuration for this run.
     pub fn config(&self) -> tessera::Config {
-        self.settings.store_config()
+        let mut config = self.settings.store_config();
+        if let Some(tier) = tier::cold_dir_tier(&self.cold_dir) {
+            config.cold_tier = Some(tier);
+        }
+        config
     }
 }
 
@@ -308,6 +330,7 @@ fn main() -> ExitCode {
             .unwrap_or_else(|| DEFAULT_OWNER.to_string()),
         owner_explicit: cli.owner.is_some(),
         ui,
+        cold_dir: cli.cold_dir,
     };
     let result = match cli.cmd {
         Cmd::Init(a) => admin::init(&ctx, a),
@@ -321,7 +344,7 @@ fn main() -> ExitCode {
         Cmd::Versions(a) => files::versions(&ctx, a),
         Cmd::Restore(a) => files::restore(&ctx, a),
         Cmd::Stats => admin::stats(&ctx),
-        Cmd::Verify => admin::verify(&ctx),
+        Cmd::Verify(a) => admin::verify(&ctx, &a),
         Cmd::Gc(args) => admin::gc(&ctx, &args),
         Cmd::Purge(args) => admin::purge(&ctx, &args),
         Cmd::Retention(a) => lifecycle::retention(&ctx, &a),
@@ -338,6 +361,8 @@ fn main() -> ExitCode {
             files::ls(&ctx, a)
         }
         Cmd::DebugStress(a) => stress::run(&ctx, a),
+        Cmd::Tier(c) => tier::run(&ctx, c),
+        Cmd::DebugTierMove(a) => tier::debug_move(&ctx, a),
     };
     match result {
         Ok(Status::Ok) => ExitCode::SUCCESS,

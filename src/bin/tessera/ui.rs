@@ -89,6 +89,7 @@ impl From<tessera::Error> for Fail {
             E::Infected { .. } => "infected",
             E::ScanUnavailable(_) => "scanner_unavailable",
             E::QuotaExceeded(_) => "quota_exceeded",
+            E::Unavailable { .. } => "unavailable",
             _ => "error",
         };
         let message = e.to_string();
