@@ -47,7 +47,7 @@ pub fn garage_tier(prefix: &str) -> S3Tier {
 
 /// A prefix no other run uses (the Garage bucket outlives test runs).
 pub fn unique(name: &str) -> String {
-    format!("{name}-{}", ulid::Ulid::new().to_string().to_lowercase())
+    format!("{name}-{}", ulid::Ulid::generate().to_string().to_lowercase())
 }
 
 fn opts() -> ObjectOptions {
