@@ -1,6 +1,8 @@
 //! The one integration-test binary (one link, shared fixtures). Each module is a concern.
 
 mod cli;
+#[cfg(feature = "s3")]
+mod cold_garage;
 mod common;
 mod core;
 mod crash;
