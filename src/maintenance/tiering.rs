@@ -198,12 +198,22 @@ impl Store {
                     report.bytes += row.loc.len as u64;
                     continue;
                 }
-                let raw = inner.packs.read_raw(row.loc)?;
+                // Compaction may have moved the record (and removed its pack) since the batch's
+                // snapshot: follow the row once, as reads do.
+                let (from, raw) = match inner.packs.read_raw(row.loc) {
+                    Ok(raw) => (row.loc, raw),
+                    Err(e) => match inner.index.read()?.chunk(&cid)? {
+                        Some(now) if now.loc != row.loc && !is_cold_pack(now.loc.pack) => {
+                            (now.loc, inner.packs.read_raw(now.loc)?)
+                        }
+                        _ => return Err(e),
+                    },
+                };
                 check_record(&raw, &cid).map_err(|e| Error::Corrupt {
                     location: format!(
                         "{} at offset {}",
-                        inner.packs.storage().describe(row.loc.pack),
-                        row.loc.offset
+                        inner.packs.storage().describe(from.pack),
+                        from.offset
                     ),
                     detail: format!("not moved to the cold tier: {e}"),
                     chunk: Some(cid.to_hex()),
@@ -211,7 +221,7 @@ impl Store {
                 let b = builders
                     .entry(class.clone())
                     .or_insert_with(ColdBuilder::new);
-                b.push(cid, row.loc, row.refs, &raw);
+                b.push(cid, from, row.refs, &raw);
                 if b.buf.len() as u64 >= inner.config.pack_target_size {
                     b.flush(inner, cold, class.as_deref(), &mut report)?;
                 }
