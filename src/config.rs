@@ -304,7 +304,9 @@ impl ColdTierSettings {
                 if let Some(e) = &self.endpoint
                     && !(e.starts_with("http://") || e.starts_with("https://"))
                 {
-                    return Err(format!("cold.endpoint {e:?} must start with http:// or https://"));
+                    return Err(format!(
+                        "cold.endpoint {e:?} must start with http:// or https://"
+                    ));
                 }
             }
         }
@@ -1034,7 +1036,14 @@ mod tests {
         let names: Vec<_> = jobs.iter().map(|j| j.job.name()).collect();
         assert_eq!(
             names,
-            ["gc", "purge", "retention", "expiry", "quarantine_purge"]
+            [
+                "gc",
+                "purge",
+                "retention",
+                "expiry",
+                "quarantine_purge",
+                "cold_move"
+            ]
         );
         // The defaults survive a round trip through TOML.
         let back = Settings::parse(&toml::to_string(&d).unwrap()).unwrap();
@@ -1093,11 +1102,23 @@ mod tests {
             ("[cold]\nbackend = \"dir\"\n", "needs a path"),
             ("[cold]\nbackend = \"ftp\"\n", "unknown variant"),
             ("[cold]\nbucket = \"b\"\n", "backend is \"none\""),
-            ("[cold]\nbackend = \"dir\"\npath = \"/x\"\nbucket = \"b\"\n", "bucket"),
+            (
+                "[cold]\nbackend = \"dir\"\npath = \"/x\"\nbucket = \"b\"\n",
+                "bucket",
+            ),
             ("[cold]\nbackend = \"s3\"\n", "needs a bucket"),
-            ("[cold]\nbackend = \"s3\"\nbucket = \"b\"\npart_size = \"1MiB\"\n", "part_size"),
-            ("[cold]\nbackend = \"s3\"\nbucket = \"b\"\nendpoint = \"s3.local\"\n", "http"),
-            ("[cold]\nbackend = \"s3\"\nbucket = \"b\"\nsecret = \"x\"\n", "secret"),
+            (
+                "[cold]\nbackend = \"s3\"\nbucket = \"b\"\npart_size = \"1MiB\"\n",
+                "part_size",
+            ),
+            (
+                "[cold]\nbackend = \"s3\"\nbucket = \"b\"\nendpoint = \"s3.local\"\n",
+                "http",
+            ),
+            (
+                "[cold]\nbackend = \"s3\"\nbucket = \"b\"\nsecret = \"x\"\n",
+                "secret",
+            ),
         ] {
             let err = Settings::parse(bad).unwrap_err();
             assert!(err.contains(why), "{bad}: {err}");
@@ -1124,7 +1145,11 @@ mod tests {
         .into();
         let lookup = |k: &str| env.get(k).map(|v| v.to_string());
         let o = cold.s3_options(lookup).unwrap();
-        assert_eq!(o.endpoint.as_deref(), Some("http://[::1]:3901"), "TESSERA_ first");
+        assert_eq!(
+            o.endpoint.as_deref(),
+            Some("http://[::1]:3901"),
+            "TESSERA_ first"
+        );
         assert_eq!(o.region, "garage");
         assert_eq!(o.access_key_id, "GKaws");
         assert_eq!(o.secret_access_key.expose(), "file-secret", "the file wins");
@@ -1133,7 +1158,11 @@ mod tests {
         assert_eq!(o.retry.retry_timeout, Duration::from_secs(3));
         assert_eq!(o.retry.max_retries, 2);
         let tier = cold.build_with_env(lookup).unwrap().unwrap();
-        assert!(tier.describe().contains("s3://cold/t"), "{}", tier.describe());
+        assert!(
+            tier.describe().contains("s3://cold/t"),
+            "{}",
+            tier.describe()
+        );
 
         // Secrets stay out of Debug and out of serialized settings.
         assert!(!format!("{s:?}").contains("file-secret"));
