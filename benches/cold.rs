@@ -28,7 +28,10 @@ fn measuring() -> bool {
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
-        .map(|v| v.parse().unwrap_or_else(|_| panic!("{name}={v:?} is not a number")))
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
+        })
         .unwrap_or(default)
 }
 
@@ -73,7 +76,11 @@ fn read_whole(store: &Store, id: FileId, check: Option<&[u8]>) -> (u64, Duration
     }
     let took = start.elapsed();
     if let (Some(h), Some(want)) = (hasher, check) {
-        assert_eq!(h.finalize(), blake3::hash(want), "read back different bytes");
+        assert_eq!(
+            h.finalize(),
+            blake3::hash(want),
+            "read back different bytes"
+        );
     }
     (total, took)
 }
@@ -89,11 +96,22 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() {
     let bench = measuring();
-    let mb = if bench { env_num("TESSERA_BENCH_MB", 500) } else { 8 };
-    let runs = if bench { env_num("TESSERA_BENCH_RUNS", 3).max(1) } else { 1 };
+    let mb = if bench {
+        env_num("TESSERA_BENCH_MB", 500)
+    } else {
+        8
+    };
+    let runs = if bench {
+        env_num("TESSERA_BENCH_RUNS", 3).max(1)
+    } else {
+        1
+    };
     let len = (mb * 1_000_000) as usize;
 
-    let prefix = format!("bench-{}", ulid::Ulid::generate().to_string().to_lowercase());
+    let prefix = format!(
+        "bench-{}",
+        ulid::Ulid::generate().to_string().to_lowercase()
+    );
     let tier: Arc<dyn ColdTier> = Arc::new(garage(&prefix));
     let dir = tempfile::tempdir().unwrap();
     let config = Config {

@@ -157,7 +157,10 @@ impl ColdTier for LocalDirTier {
                     && key.starts_with(prefix)
                 {
                     let key = key.to_owned();
-                    let size = entry.metadata().map_err(|e| failed("list", prefix, e))?.len();
+                    let size = entry
+                        .metadata()
+                        .map_err(|e| failed("list", prefix, e))?
+                        .len();
                     out.push(ObjectInfo { key, size });
                 }
             }

@@ -590,17 +590,28 @@ mod tests {
             "the 503 was retried"
         );
         let e = tier.head("a/b").unwrap_err();
-        assert!(matches!(e, TierError::Unavailable { op: "head", .. }), "{e}");
+        assert!(
+            matches!(e, TierError::Unavailable { op: "head", .. }),
+            "{e}"
+        );
     }
 
     #[test]
     fn client_errors_are_failed_and_not_retried() {
-        for status in ["403 Forbidden", "400 Bad Request", "416 Range Not Satisfiable"] {
+        for status in [
+            "403 Forbidden",
+            "400 Bad Request",
+            "416 Range Not Satisfiable",
+        ] {
             let (endpoint, count) = fake_server(status);
             let tier = tier_at(endpoint);
             let e = tier.get_range("a/b", 0..10).unwrap_err();
             assert!(matches!(e, TierError::Failed { .. }), "{status}: {e}");
-            assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1, "{status}");
+            assert_eq!(
+                count.load(std::sync::atomic::Ordering::SeqCst),
+                1,
+                "{status}"
+            );
         }
         let (endpoint, _) = fake_server("404 Not Found");
         let e = tier_at(endpoint).get_range("a/b", 0..10).unwrap_err();

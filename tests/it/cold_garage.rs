@@ -151,15 +151,25 @@ fn garage_stopped_during_cold_reads_is_a_temporary_error_then_reads_come_back() 
     let tier: Arc<dyn ColdTier> = Arc::new(S3Tier::new(g.options("store")).unwrap());
     let store = Store::create(t.path(), cold_config(tier.clone())).unwrap();
     let data = random_bytes(11, 3 << 20);
-    let id = store.put(&data[..], &PutOptions::key("cold.bin")).unwrap().file.id;
+    let id = store
+        .put(&data[..], &PutOptions::key("cold.bin"))
+        .unwrap()
+        .file
+        .id;
     let report = store
         .move_to_cold(&TierMoveOptions {
             files: vec![id],
             ..Default::default()
         })
         .unwrap();
-    assert!(report.chunks > 0 && !report.packs_written.is_empty(), "{report:?}");
-    assert!(!tier.list("").unwrap().is_empty(), "the objects are in Garage");
+    assert!(
+        report.chunks > 0 && !report.packs_written.is_empty(),
+        "{report:?}"
+    );
+    assert!(
+        !tier.list("").unwrap().is_empty(),
+        "the objects are in Garage"
+    );
     assert_eq!(store.read_all(id).unwrap(), data);
 
     g.stop();
@@ -183,11 +193,19 @@ fn garage_stopped_during_cold_reads_is_a_temporary_error_then_reads_come_back() 
     }
     // Hot data of the same store still reads.
     let hot = random_bytes(12, 100_000);
-    let hot_id = store.put(&hot[..], &PutOptions::key("hot.bin")).unwrap().file.id;
+    let hot_id = store
+        .put(&hot[..], &PutOptions::key("hot.bin"))
+        .unwrap()
+        .file
+        .id;
     assert_eq!(store.read_all(hot_id).unwrap(), hot);
 
     g.resume();
-    assert_eq!(store.read_all(id).unwrap(), data, "byte-identical once Garage is back");
+    assert_eq!(
+        store.read_all(id).unwrap(),
+        data,
+        "byte-identical once Garage is back"
+    );
     let mut out = Vec::new();
     std::io::Read::read_to_end(&mut store.get_range(id, 5..(3 << 20)).unwrap(), &mut out).unwrap();
     assert_eq!(out, &data[5..]);

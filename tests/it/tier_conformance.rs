@@ -47,7 +47,10 @@ pub fn garage_tier(prefix: &str) -> S3Tier {
 
 /// A prefix no other run uses (the Garage bucket outlives test runs).
 pub fn unique(name: &str) -> String {
-    format!("{name}-{}", ulid::Ulid::generate().to_string().to_lowercase())
+    format!(
+        "{name}-{}",
+        ulid::Ulid::generate().to_string().to_lowercase()
+    )
 }
 
 fn opts() -> ObjectOptions {
@@ -102,7 +105,10 @@ pub fn conformance(tier: &dyn ColdTier, root: &str) {
         tier.get_range(&key, 1234..56789).unwrap(),
         &data[1234..56789]
     );
-    assert_eq!(tier.get_range(&key, n - 1..n).unwrap(), &data[n as usize - 1..]);
+    assert_eq!(
+        tier.get_range(&key, n - 1..n).unwrap(),
+        &data[n as usize - 1..]
+    );
     assert_eq!(tier.get_range(&key, 0..1).unwrap(), &data[..1]);
     assert_eq!(tier.get_range(&key, 0..0).unwrap(), b"", "empty at 0");
     assert_eq!(tier.get_range(&key, 500..500).unwrap(), b"", "empty inside");
@@ -112,7 +118,10 @@ pub fn conformance(tier: &dyn ColdTier, root: &str) {
     assert_failed(tier.get_range(&key, n - 10..n + 1), "range past the end");
     assert_failed(tier.get_range(&key, n..n + 1), "range starting at the end");
     assert_failed(tier.get_range(&key, n + 5..n + 10), "range beyond the end");
-    assert_failed(tier.get_range(&key, n + 1..n + 1), "empty range beyond the end");
+    assert_failed(
+        tier.get_range(&key, n + 1..n + 1),
+        "empty range beyond the end",
+    );
     #[allow(clippy::reversed_empty_ranges)]
     let reversed = 10..5;
     assert_failed(tier.get_range(&key, reversed), "reversed range");
@@ -122,7 +131,10 @@ pub fn conformance(tier: &dyn ColdTier, root: &str) {
     tier.put(&key, &shorter, &opts()).unwrap();
     assert_eq!(tier.head(&key).unwrap(), Some(777));
     assert_eq!(tier.get_range(&key, 0..777).unwrap(), shorter);
-    assert_failed(tier.get_range(&key, 0..778), "range of the old, longer object");
+    assert_failed(
+        tier.get_range(&key, 0..778),
+        "range of the old, longer object",
+    );
 
     // An empty object.
     let empty = k("empty");
@@ -158,13 +170,18 @@ pub fn conformance(tier: &dyn ColdTier, root: &str) {
     }
     let list = |p: &str| tier.list(&k(p)).unwrap();
     let expect = |names: &[&str]| names.iter().map(|n| k(n)).collect::<Vec<_>>();
-    assert_eq!(keys(&list("l/")), expect(&["l/a", "l/ab", "l/b/c", "l/b/d", "l/b/e/f"]));
+    assert_eq!(
+        keys(&list("l/")),
+        expect(&["l/a", "l/ab", "l/b/c", "l/b/d", "l/b/e/f"])
+    );
     assert_eq!(keys(&list("l/a")), expect(&["l/a", "l/ab"]));
     assert_eq!(keys(&list("l/b/")), expect(&["l/b/c", "l/b/d", "l/b/e/f"]));
     assert_eq!(keys(&list("l/b")), expect(&["l/b/c", "l/b/d", "l/b/e/f"]));
     assert_eq!(
         keys(&list("l")),
-        expect(&["l", "l/a", "l/ab", "l/b/c", "l/b/d", "l/b/e/f", "lx", "lx/a"])
+        expect(&[
+            "l", "l/a", "l/ab", "l/b/c", "l/b/d", "l/b/e/f", "lx", "lx/a"
+        ])
     );
     assert_eq!(keys(&list("lx")), expect(&["lx", "lx/a"]));
     assert_eq!(keys(&list("l/b/e/f")), expect(&["l/b/e/f"]));
@@ -193,7 +210,10 @@ pub fn conformance(tier: &dyn ColdTier, root: &str) {
     let len = big.len() as u64;
     tier.put(&big_key, &big, &opts()).unwrap();
     assert_eq!(tier.head(&big_key).unwrap(), Some(len));
-    assert!(tier.get_range(&big_key, 0..len).unwrap() == big, "12 MiB round trip");
+    assert!(
+        tier.get_range(&big_key, 0..len).unwrap() == big,
+        "12 MiB round trip"
+    );
     let p = 5u64 << 20;
     for r in [p - 10..p + 10, 2 * p - 1..2 * p + 1, len - 3..len] {
         assert_eq!(
@@ -202,7 +222,10 @@ pub fn conformance(tier: &dyn ColdTier, root: &str) {
             "{r:?}"
         );
     }
-    assert_failed(tier.get_range(&big_key, len - 1..len + 1), "past a large object");
+    assert_failed(
+        tier.get_range(&big_key, len - 1..len + 1),
+        "past a large object",
+    );
 
     // A storage class is accepted (and kept where the tier can tell).
     let classed = k("classed");
@@ -214,7 +237,16 @@ pub fn conformance(tier: &dyn ColdTier, root: &str) {
 
     // Invalid keys are Failed, on every tier alike.
     for bad in [
-        "", "/abs", "a//b", "a/./b", "a/../b", "..", "a/", "with space", "tab\t", "é",
+        "",
+        "/abs",
+        "a//b",
+        "a/./b",
+        "a/../b",
+        "..",
+        "a/",
+        "with space",
+        "tab\t",
+        "é",
     ] {
         assert_failed(tier.put(bad, b"x", &opts()), &format!("put {bad:?}"));
         assert_failed(tier.head(bad), &format!("head {bad:?}"));
