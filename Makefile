@@ -64,8 +64,10 @@ clamd-check:
 # Garage, the S3-compatible server of the cold tier tests, pinned; built from crates.io
 # (cargo install) only when no garage is on PATH or in ~/.cargo/bin. The build is long: 31 min
 # wall for the default features on the shared 2-core machine (load ~9, 2026-11-28); the issue
-# estimates 15 min on 2 idle cores. GARAGE_INSTALL_FLAGS can pass e.g. `--no-default-features
-# --features lmdb` (tests/garage/start.sh uses lmdb only; no sqlite, k2v or metrics needed).
+# estimates 15 min on 2 idle cores. A smaller build would be GARAGE_INSTALL_FLAGS=
+# "--no-default-features --features bundled-libs,lmdb" (tests/garage/start.sh needs lmdb only;
+# no sqlite, k2v or metrics; garage refuses to build without bundled-libs or system-libs) —
+# not verified end to end yet, so CI builds the defaults.
 GARAGE_VERSION ?= 2.5.0
 CARGO_HOME_DIR := $(or $(CARGO_HOME),$(HOME)/.cargo)
 # Looked up when used (after an install).
