@@ -48,6 +48,28 @@
 //! images = "730d"                              # (images 730d, temp 1d, backups 90d)
 //! videos = "never"
 //!
+//! [cold]                                       # the cold tier's store; absent: no cold tier
+//! backend = "s3"                               # "s3", "dir" or "none" (default)
+//! endpoint = "https://s3.example.com"          # absent: TESSERA_COLD_ENDPOINT, AWS_ENDPOINT_URL,
+//!                                              # else AWS itself
+//! bucket = "tessera"
+//! region = "eu-west-1"                         # absent: TESSERA_COLD_REGION, AWS_REGION, else
+//!                                              # "us-east-1" ("garage" for a default Garage)
+//! prefix = "cold"                              # keys go under this prefix in the bucket
+//! access_key_id = "AKIA..."                    # absent: TESSERA_COLD_ACCESS_KEY_ID, then
+//!                                              # AWS_ACCESS_KEY_ID
+//! secret_access_key = "..."                    # absent: TESSERA_COLD_SECRET_ACCESS_KEY, then
+//!                                              # AWS_SECRET_ACCESS_KEY; never printed or logged
+//! allow_http = false                           # plain http to a non-loopback endpoint
+//! storage_class = "STANDARD_IA"                # class of puts that name none (default: bucket's)
+//! part_size = "16MiB"                          # multipart above this size, in parts this size
+//! part_concurrency = 4                         # parts of one upload in flight
+//! max_retries = 4                              # retry budget, then a temporary error (503)
+//! retry_timeout = "5s"
+//! connect_timeout = "2s"
+//! request_timeout = "60s"
+//! # path = "/srv/tessera-cold"                 # backend = "dir": a directory instead
+//!
 //! [categories.images]                          # replaces the built-in category list
 //! extensions = ["jpg", "jpeg", "png"]
 //! mime_types = ["image/jpeg", "image/png"]
@@ -73,6 +95,7 @@ use crate::scan::{
     Clamd, ClamdAddress, DEFAULT_STREAM_MAX, ScanCategories, ScanConfig, Scanner, Timeouts,
 };
 use crate::store::Config;
+use crate::tier::{ColdTier, LocalDirTier, RetryBudget, Secret};
 use crate::validate::{CategoryRule, Policy};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -92,9 +115,106 @@ pub struct Settings {
     pub quotas: QuotaConfig,
     /// Maintenance jobs and the scheduler inside `serve`.
     pub maintenance: MaintenanceSettings,
+    /// `[cold]`: the object store of the cold tier (see [`ColdTierSettings`]). Absent: no
+    /// cold tier.
+    pub cold: Option<ColdTierSettings>,
     /// `[tiers]`: lifecycle rules and the read path of the cold tier (the tier itself is
     /// configured in `[cold]`; without one these do nothing).
     pub tiers: TierSettings,
+}
+
+/// Which cold tier backend `[cold]` configures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ColdBackend {
+    /// No cold tier (the default).
+    #[default]
+    None,
+    /// An S3-compatible bucket (needs the `s3` feature).
+    S3,
+    /// A local directory.
+    Dir,
+}
+
+/// `[cold]`: the object store holding cold data. The S3 keys may come from the
+/// environment when the file leaves them out, so a file can be committed without secrets:
+/// `endpoint` from `TESSERA_COLD_ENDPOINT` then `AWS_ENDPOINT_URL`, `region` from
+/// `TESSERA_COLD_REGION` then `AWS_REGION`, the access key from `TESSERA_COLD_ACCESS_KEY_ID`
+/// then `AWS_ACCESS_KEY_ID`, the secret from `TESSERA_COLD_SECRET_ACCESS_KEY` then
+/// `AWS_SECRET_ACCESS_KEY`. A value in the file wins over the environment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ColdTierSettings {
+    /// `"s3"`, `"dir"` or `"none"`. Default none.
+    pub backend: ColdBackend,
+    /// `dir`: the directory (created if missing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<std::path::PathBuf>,
+    /// `s3`: `http(s)://host:port` of an S3-compatible server; absent: the environment, else
+    /// AWS itself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// `s3`: the bucket (required).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    /// `s3`: the region; absent: the environment, else `us-east-1`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// `s3`: a key prefix inside the bucket. Default none (the bucket's root).
+    pub prefix: String,
+    /// `s3`: the access key id; absent: the environment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// `s3`: the secret key; absent: the environment. Never serialized, printed or logged.
+    #[serde(skip_serializing)]
+    pub secret_access_key: Option<Secret>,
+    /// `s3`: allow a plain `http` endpoint that is not on loopback (loopback always may).
+    /// Default false.
+    pub allow_http: bool,
+    /// `s3`: storage class of cold objects whose put names none. Default: the bucket's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_class: Option<String>,
+    /// `s3`: objects above this size go up as multipart uploads of parts this size (5 MiB to
+    /// 5 GiB; grown for very large objects to keep within 10,000 parts). Default 16 MiB.
+    pub part_size: ByteSize,
+    /// `s3`: parts of one upload sent at once. Default 4.
+    pub part_concurrency: usize,
+    /// `s3`: retries of one request (connection errors, timeouts, 5xx) before the call fails
+    /// as temporarily unavailable. Default 4.
+    pub max_retries: usize,
+    /// `s3`: no retry starts after this long. Default 5 s.
+    #[serde(with = "duration")]
+    pub retry_timeout: Duration,
+    /// `s3`: connecting. Default 2 s.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// `s3`: one request, its body included. Default 60 s.
+    #[serde(with = "duration")]
+    pub request_timeout: Duration,
+}
+
+impl Default for ColdTierSettings {
+    fn default() -> Self {
+        let retry = RetryBudget::default();
+        ColdTierSettings {
+            backend: ColdBackend::None,
+            path: None,
+            endpoint: None,
+            bucket: None,
+            region: None,
+            prefix: String::new(),
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            storage_class: None,
+            part_size: ByteSize::mib(16),
+            part_concurrency: 4,
+            max_retries: retry.max_retries,
+            retry_timeout: retry.retry_timeout,
+            connect_timeout: retry.connect_timeout,
+            request_timeout: retry.request_timeout,
+        }
+    }
 }
 
 /// `[tiers]`.
@@ -119,6 +239,165 @@ impl Default for TierSettings {
             rehydrate_on_read: false,
             rules: BTreeMap::new(),
         }
+    }
+}
+
+/// The environment variables `[cold]` falls back on, in order of preference.
+pub const COLD_ENV: [(&str, [&str; 2]); 4] = [
+    ("endpoint", ["TESSERA_COLD_ENDPOINT", "AWS_ENDPOINT_URL"]),
+    ("region", ["TESSERA_COLD_REGION", "AWS_REGION"]),
+    (
+        "access_key_id",
+        ["TESSERA_COLD_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"],
+    ),
+    (
+        "secret_access_key",
+        ["TESSERA_COLD_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"],
+    ),
+];
+
+impl ColdTierSettings {
+    fn check(&self) -> std::result::Result<(), String> {
+        let s3_keys = [
+            ("endpoint", self.endpoint.is_some()),
+            ("bucket", self.bucket.is_some()),
+            ("region", self.region.is_some()),
+            ("prefix", !self.prefix.is_empty()),
+            ("access_key_id", self.access_key_id.is_some()),
+            ("secret_access_key", self.secret_access_key.is_some()),
+            ("storage_class", self.storage_class.is_some()),
+        ];
+        match self.backend {
+            ColdBackend::None => {
+                if self.path.is_some() || s3_keys.iter().any(|(_, set)| *set) {
+                    return Err("cold: backend is \"none\" (the default) but other keys \
+                                are set; say backend = \"s3\" or \"dir\""
+                        .into());
+                }
+            }
+            ColdBackend::Dir => {
+                if self.path.is_none() {
+                    return Err("cold: backend \"dir\" needs a path".into());
+                }
+                if let Some((k, _)) = s3_keys.iter().find(|(_, set)| *set) {
+                    return Err(format!("cold.{k} is for backend \"s3\", not \"dir\""));
+                }
+            }
+            ColdBackend::S3 => {
+                if cfg!(not(feature = "s3")) {
+                    return Err("cold: backend \"s3\" needs a build with the `s3` feature".into());
+                }
+                if self.path.is_some() {
+                    return Err("cold.path is for backend \"dir\", not \"s3\"".into());
+                }
+                if self.bucket.as_deref().unwrap_or("").is_empty() {
+                    return Err("cold: backend \"s3\" needs a bucket".into());
+                }
+                let min = 5 << 20;
+                let max = 5 << 30;
+                if !(min..=max).contains(&self.part_size.as_u64()) {
+                    return Err("cold.part_size must be between 5MiB and 5GiB (S3's limits)".into());
+                }
+                if self.part_concurrency == 0 {
+                    return Err("cold.part_concurrency must be at least 1".into());
+                }
+                if let Some(e) = &self.endpoint
+                    && !(e.starts_with("http://") || e.starts_with("https://"))
+                {
+                    return Err(format!(
+                        "cold.endpoint {e:?} must start with http:// or https://"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The cold tier these settings describe, with the process environment as the fallback for
+    /// the S3 keys the file leaves out. `None` for backend `none`.
+    pub fn build(&self) -> Result<Option<Arc<dyn ColdTier>>> {
+        self.build_with_env(|name| std::env::var(name).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// [`build`](Self::build) with `env` as the environment (tests pass a map).
+    pub fn build_with_env(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<Arc<dyn ColdTier>>> {
+        let invalid = |m: String| Error::InvalidInput(format!("cold: {m}"));
+        self.check().map_err(invalid)?;
+        match self.backend {
+            ColdBackend::None => Ok(None),
+            ColdBackend::Dir => {
+                let path = self.path.as_ref().expect("checked");
+                let tier = LocalDirTier::new(path).map_err(|source| Error::Io {
+                    context: format!("creating the cold tier directory {}", path.display()),
+                    source,
+                })?;
+                Ok(Some(Arc::new(tier)))
+            }
+            #[cfg(feature = "s3")]
+            ColdBackend::S3 => {
+                let opts = self.s3_options(env).map_err(invalid)?;
+                let tier = crate::tier::S3Tier::new(opts).map_err(|e| invalid(e.to_string()))?;
+                Ok(Some(Arc::new(tier)))
+            }
+            #[cfg(not(feature = "s3"))]
+            ColdBackend::S3 => {
+                let _ = env;
+                unreachable!("check refuses s3 without the feature")
+            }
+        }
+    }
+
+    /// The S3 options: this section's keys over the environment's.
+    #[cfg(feature = "s3")]
+    pub fn s3_options(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> std::result::Result<crate::tier::S3Options, String> {
+        let from_env = |field: &str| {
+            let (_, vars) = COLD_ENV.iter().find(|(f, _)| *f == field).expect("known");
+            vars.iter().find_map(|v| env(v))
+        };
+        let endpoint = self.endpoint.clone().or_else(|| from_env("endpoint"));
+        let region = self
+            .region
+            .clone()
+            .or_else(|| from_env("region"))
+            .unwrap_or_else(|| "us-east-1".into());
+        let access_key_id = self
+            .access_key_id
+            .clone()
+            .or_else(|| from_env("access_key_id"))
+            .ok_or("no access key id: set access_key_id, TESSERA_COLD_ACCESS_KEY_ID or AWS_ACCESS_KEY_ID")?;
+        let secret = self
+            .secret_access_key
+            .clone()
+            .or_else(|| from_env("secret_access_key").map(Secret::new))
+            .ok_or("no secret key: set secret_access_key, TESSERA_COLD_SECRET_ACCESS_KEY or AWS_SECRET_ACCESS_KEY")?;
+        let allow_http = self.allow_http
+            || endpoint
+                .as_deref()
+                .is_some_and(crate::tier::is_loopback_http);
+        Ok(crate::tier::S3Options {
+            endpoint,
+            bucket: self.bucket.clone().expect("checked"),
+            region,
+            prefix: self.prefix.clone(),
+            access_key_id,
+            secret_access_key: secret,
+            allow_http,
+            default_storage_class: self.storage_class.clone(),
+            part_size: self.part_size.as_u64(),
+            part_concurrency: self.part_concurrency,
+            retry: RetryBudget {
+                max_retries: self.max_retries,
+                retry_timeout: self.retry_timeout,
+                connect_timeout: self.connect_timeout,
+                request_timeout: self.request_timeout,
+            },
+        })
     }
 }
 
@@ -571,6 +850,9 @@ impl Settings {
             }
         }
         self.maintenance.check(&self.policy())?;
+        if let Some(cold) = &self.cold {
+            cold.check()?;
+        }
         Ok(())
     }
 
@@ -601,6 +883,16 @@ impl Settings {
             cold_read_block: self.tiers.read_block.as_u64(),
             rehydrate_on_read: self.tiers.rehydrate_on_read,
             ..Config::default()
+        }
+    }
+
+    /// The cold tier `[cold]` describes (`None` without the section or with backend
+    /// `none`); [`store_config`](Self::store_config) leaves `Config::cold_tier` to the caller,
+    /// which builds the tier once with this and sets it.
+    pub fn cold_tier(&self) -> Result<Option<Arc<dyn ColdTier>>> {
+        match &self.cold {
+            Some(c) => c.build(),
+            None => Ok(None),
         }
     }
 
@@ -744,7 +1036,14 @@ mod tests {
         let names: Vec<_> = jobs.iter().map(|j| j.job.name()).collect();
         assert_eq!(
             names,
-            ["gc", "purge", "retention", "expiry", "quarantine_purge"]
+            [
+                "gc",
+                "purge",
+                "retention",
+                "expiry",
+                "quarantine_purge",
+                "cold_move"
+            ]
         );
         // The defaults survive a round trip through TOML.
         let back = Settings::parse(&toml::to_string(&d).unwrap()).unwrap();
@@ -782,5 +1081,103 @@ mod tests {
         ] {
             assert!(Settings::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn cold_tier_section() {
+        assert!(Settings::default().cold.is_none());
+        let none = Settings::parse("[cold]\n").unwrap();
+        assert!(none.cold.unwrap().build().unwrap().is_none());
+
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "[cold]\nbackend = \"dir\"\npath = \"{}\"\n",
+            dir.path().join("cold").display()
+        );
+        let s = Settings::parse(&text).unwrap();
+        let tier = s.cold.unwrap().build().unwrap().unwrap();
+        assert!(tier.describe().starts_with("dir:"), "{}", tier.describe());
+
+        for (bad, why) in [
+            ("[cold]\nbackend = \"dir\"\n", "needs a path"),
+            ("[cold]\nbackend = \"ftp\"\n", "unknown variant"),
+            ("[cold]\nbucket = \"b\"\n", "backend is \"none\""),
+            (
+                "[cold]\nbackend = \"dir\"\npath = \"/x\"\nbucket = \"b\"\n",
+                "bucket",
+            ),
+            ("[cold]\nbackend = \"s3\"\n", "needs a bucket"),
+            (
+                "[cold]\nbackend = \"s3\"\nbucket = \"b\"\npart_size = \"1MiB\"\n",
+                "part_size",
+            ),
+            (
+                "[cold]\nbackend = \"s3\"\nbucket = \"b\"\nendpoint = \"s3.local\"\n",
+                "http",
+            ),
+            (
+                "[cold]\nbackend = \"s3\"\nbucket = \"b\"\nsecret = \"x\"\n",
+                "secret",
+            ),
+        ] {
+            let err = Settings::parse(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[cfg(feature = "s3")]
+    #[test]
+    fn cold_tier_s3_from_file_and_environment() {
+        let s = Settings::parse(
+            "[cold]\nbackend = \"s3\"\nbucket = \"cold\"\nprefix = \"t\"\n\
+             secret_access_key = \"file-secret\"\nstorage_class = \"STANDARD_IA\"\n\
+             retry_timeout = \"3s\"\nmax_retries = 2\n",
+        )
+        .unwrap();
+        let cold = s.cold.clone().unwrap();
+        let env: BTreeMap<&str, &str> = [
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:3900"),
+            ("TESSERA_COLD_ENDPOINT", "http://[::1]:3901"),
+            ("AWS_REGION", "garage"),
+            ("AWS_ACCESS_KEY_ID", "GKaws"),
+            ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+        ]
+        .into();
+        let lookup = |k: &str| env.get(k).map(|v| v.to_string());
+        let o = cold.s3_options(lookup).unwrap();
+        assert_eq!(
+            o.endpoint.as_deref(),
+            Some("http://[::1]:3901"),
+            "TESSERA_ first"
+        );
+        assert_eq!(o.region, "garage");
+        assert_eq!(o.access_key_id, "GKaws");
+        assert_eq!(o.secret_access_key.expose(), "file-secret", "the file wins");
+        assert!(o.allow_http, "loopback http is allowed");
+        assert_eq!(o.default_storage_class.as_deref(), Some("STANDARD_IA"));
+        assert_eq!(o.retry.retry_timeout, Duration::from_secs(3));
+        assert_eq!(o.retry.max_retries, 2);
+        let tier = cold.build_with_env(lookup).unwrap().unwrap();
+        assert!(
+            tier.describe().contains("s3://cold/t"),
+            "{}",
+            tier.describe()
+        );
+
+        // Secrets stay out of Debug and out of serialized settings.
+        assert!(!format!("{s:?}").contains("file-secret"));
+        assert!(!format!("{o:?}").contains("file-secret"));
+        assert!(!toml::to_string(&s).unwrap().contains("file-secret"));
+
+        // Missing credentials, and plain http off loopback, are refused with the reason.
+        let e = cold.s3_options(|_| None).unwrap_err();
+        assert!(e.contains("AWS_ACCESS_KEY_ID"), "{e}");
+        let remote = |k: &str| match k {
+            "AWS_ENDPOINT_URL" => Some("http://10.1.2.3:3900".to_string()),
+            "AWS_ACCESS_KEY_ID" => Some("GK".to_string()),
+            _ => None,
+        };
+        let e = cold.build_with_env(remote).err().unwrap().to_string();
+        assert!(e.contains("plain http"), "{e}");
     }
 }

@@ -8,11 +8,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{ColdTier, ObjectInfo, ObjectOptions, TierError};
+use super::{ColdTier, ObjectInfo, ObjectOptions, TierError, check_key};
 
-/// Objects are files under `root`, named by their key. A put writes a temporary file, fsyncs
-/// it, renames it over the key and fsyncs the directory, so a crash leaves the old object or
-/// the new one, never a torn one.
+/// Objects are files under `root`, named by their key plus [`OBJ_SUFFIX`]: the suffix keeps
+/// an object's file apart from the directory of the keys below it, so `a` and `a/b` can both
+/// exist, as in any object store. A put writes a temporary file, fsyncs it, renames it over
+/// the object's file and fsyncs the directory, so a crash leaves the old object or the new one,
+/// never a torn one. (One name clash remains: key `a` cannot coexist with keys under `a.obj/`.)
 #[derive(Debug)]
 pub struct LocalDirTier {
     root: PathBuf,
@@ -21,6 +23,8 @@ pub struct LocalDirTier {
 
 /// Temporary files of puts in progress: never listed, never returned.
 const TMP_SUFFIX: &str = ".tessera-tmp";
+/// Suffix of every object's file name (directories carry none).
+const OBJ_SUFFIX: &str = ".obj";
 
 impl LocalDirTier {
     /// A tier rooted at `root`, which is created if missing.
@@ -34,21 +38,8 @@ impl LocalDirTier {
     }
 
     fn path(&self, op: &'static str, key: &str) -> Result<PathBuf, TierError> {
-        let valid = !key.is_empty()
-            && !key.starts_with('/')
-            && !key.ends_with(TMP_SUFFIX)
-            && key
-                .split('/')
-                .all(|s| !s.is_empty() && s != "." && s != "..")
-            && key.bytes().all(|b| b.is_ascii_graphic());
-        if !valid {
-            return Err(TierError::Failed {
-                op,
-                key: key.to_owned(),
-                message: "not a valid object key".into(),
-            });
-        }
-        Ok(self.root.join(key))
+        check_key(op, key)?;
+        Ok(self.root.join(format!("{key}{OBJ_SUFFIX}")))
     }
 }
 
@@ -100,7 +91,13 @@ impl ColdTier for LocalDirTier {
             },
             _ => failed("get", key, e),
         })?;
-        let size = f.metadata().map_err(|e| failed("get", key, e))?.len();
+        let meta = f.metadata().map_err(|e| failed("get", key, e))?;
+        if !meta.is_file() {
+            return Err(TierError::NotFound {
+                key: key.to_owned(),
+            });
+        }
+        let size = meta.len();
         if range.start > range.end || range.end > size {
             return Err(TierError::Failed {
                 op: "get",
@@ -156,7 +153,10 @@ impl ColdTier for LocalDirTier {
                     if sub.starts_with(prefix) || prefix.starts_with(&sub) {
                         dirs.push((entry.path(), sub));
                     }
-                } else if key.starts_with(prefix) && !key.ends_with(TMP_SUFFIX) {
+                } else if let Some(key) = key.strip_suffix(OBJ_SUFFIX)
+                    && key.starts_with(prefix)
+                {
+                    let key = key.to_owned();
                     let size = entry
                         .metadata()
                         .map_err(|e| failed("list", prefix, e))?

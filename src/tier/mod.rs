@@ -14,13 +14,18 @@
 pub(crate) mod cold;
 mod faulty;
 mod local;
+#[cfg(feature = "s3")]
+mod s3;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::Mutex;
+use std::time::Duration;
 
 pub use faulty::FaultyTier;
 pub use local::LocalDirTier;
+#[cfg(feature = "s3")]
+pub use s3::{S3Options, S3Tier, is_loopback_http};
 
 /// Cold pack ids start here; local packs count up from 1 and never get near it. So a chunk
 /// row's pack id alone says its tier, and a cold pack id never names a local file.
@@ -63,6 +68,79 @@ impl TierError {
     }
 }
 
+/// Checks `key` against the key rules of [`ColdTier`]; every implementation refuses a key that
+/// breaks them (as `Failed`), so a key that works on one tier works on all.
+pub fn check_key(op: &'static str, key: &str) -> Result<(), TierError> {
+    let valid = !key.is_empty()
+        && key.bytes().all(|b| b.is_ascii_graphic())
+        && key
+            .split('/')
+            .all(|s| !s.is_empty() && s != "." && s != "..");
+    if valid {
+        Ok(())
+    } else {
+        Err(TierError::Failed {
+            op,
+            key: key.to_owned(),
+            message: "not a valid object key (relative, /-separated, printable ASCII, no empty, \".\" or \"..\" segment)".into(),
+        })
+    }
+}
+
+/// A secret (an S3 secret key): kept out of `Debug`, logs and serialized settings.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+
+    /// The secret itself, for the one place that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Read from configuration files; never written back (settings fields holding one are
+/// `skip_serializing`).
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// How long a networked tier (S3) keeps retrying a request before it answers
+/// [`TierError::Unavailable`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryBudget {
+    /// Retries of one request after its first try. Default 4.
+    pub max_retries: usize,
+    /// No retry starts once this long has passed since the first try. Default 5 s.
+    pub retry_timeout: Duration,
+    /// Establishing a connection. Default 2 s.
+    pub connect_timeout: Duration,
+    /// One request, body included: bounds a part upload or a range read. Default 60 s.
+    pub request_timeout: Duration,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        RetryBudget {
+            max_retries: 4,
+            retry_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
 /// Options of one put.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObjectOptions {
@@ -80,8 +158,9 @@ pub struct ObjectInfo {
 
 /// An object store holding the engine's cold objects.
 ///
-/// Keys are relative: `/`-separated, printable ASCII, no leading `/`, no `.` or `..` segment.
-/// An implementation maps them under its own root (bucket and prefix, directory).
+/// Keys are relative: `/`-separated, printable ASCII, no leading `/`, no empty, `.` or `..`
+/// segment ([`check_key`]); every call with another key is `Failed`. An implementation maps
+/// them under its own root (bucket and prefix, directory).
 ///
 /// Contracts every implementation keeps (checked by the conformance suite):
 /// - [`put`](Self::put) returns `Ok` only once the whole object is durable and readable by any
@@ -136,12 +215,14 @@ impl ColdTier for MemoryTier {
     }
 
     fn put(&self, key: &str, data: &[u8], opts: &ObjectOptions) -> Result<(), TierError> {
+        check_key("put", key)?;
         let mut objects = self.objects.lock().unwrap();
         objects.insert(key.to_owned(), (data.to_vec(), opts.clone()));
         Ok(())
     }
 
     fn get_range(&self, key: &str, range: Range<u64>) -> Result<Vec<u8>, TierError> {
+        check_key("get", key)?;
         let objects = self.objects.lock().unwrap();
         let (data, _) = objects.get(key).ok_or_else(|| TierError::NotFound {
             key: key.to_owned(),
@@ -162,11 +243,13 @@ impl ColdTier for MemoryTier {
     }
 
     fn head(&self, key: &str) -> Result<Option<u64>, TierError> {
+        check_key("head", key)?;
         let objects = self.objects.lock().unwrap();
         Ok(objects.get(key).map(|(d, _)| d.len() as u64))
     }
 
     fn delete(&self, key: &str) -> Result<(), TierError> {
+        check_key("delete", key)?;
         self.objects.lock().unwrap().remove(key);
         Ok(())
     }

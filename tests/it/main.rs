@@ -1,6 +1,8 @@
 //! The one integration-test binary (one link, shared fixtures). Each module is a concern.
 
 mod cli;
+#[cfg(feature = "s3")]
+mod cold_garage;
 mod common;
 mod core;
 mod crash;
@@ -16,6 +18,8 @@ mod reports;
 mod rescan;
 mod scan;
 mod tier;
+#[cfg(feature = "s3")]
+mod tier_conformance;
 mod tus;
 mod upload;
 mod validation;

@@ -23,6 +23,7 @@ mod ui;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use tessera::store::DEFAULT_OWNER;
@@ -289,17 +290,16 @@ pub struct Ctx {
     pub ui: Ui,
     /// The configuration file's settings (defaults without `--config`).
     pub settings: tessera::config::Settings,
-    /// `--cold-dir`: a local-directory cold tier.
-    pub cold_dir: Option<PathBuf>,
+    /// The cold tier: `--cold-dir`'s local directory, else the configuration's `[cold]`
+    /// (built once per run: an S3 tier owns a client and its runtime).
+    pub cold_tier: Option<Arc<dyn tessera::tier::ColdTier>>,
 }
 
 impl Ctx {
     /// The engine configuration for this run.
     pub fn config(&self) -> tessera::Config {
         let mut config = self.settings.store_config();
-        if let Some(tier) = tier::cold_dir_tier(&self.cold_dir) {
-            config.cold_tier = Some(tier);
-        }
+        config.cold_tier = self.cold_tier.clone();
         config
     }
 }
@@ -321,8 +321,16 @@ fn main() -> ExitCode {
         },
         None => tessera::config::Settings::default(),
     };
+    let cold_tier = match tier::cold_dir_tier(&cli.cold_dir) {
+        Some(t) => Some(t),
+        None => match settings.cold_tier() {
+            Ok(t) => t,
+            Err(e) => return ui.report_failure(&e.into()),
+        },
+    };
     let ctx = Ctx {
         settings,
+        cold_tier,
         store_dir: cli.store,
         owner: cli
             .owner
@@ -330,7 +338,6 @@ fn main() -> ExitCode {
             .unwrap_or_else(|| DEFAULT_OWNER.to_string()),
         owner_explicit: cli.owner.is_some(),
         ui,
-        cold_dir: cli.cold_dir,
     };
     let result = match cli.cmd {
         Cmd::Init(a) => admin::init(&ctx, a),
