@@ -157,7 +157,10 @@ impl ColdTier for LocalDirTier {
                         dirs.push((entry.path(), sub));
                     }
                 } else if key.starts_with(prefix) && !key.ends_with(TMP_SUFFIX) {
-                    let size = entry.metadata().map_err(|e| failed("list", prefix, e))?.len();
+                    let size = entry
+                        .metadata()
+                        .map_err(|e| failed("list", prefix, e))?
+                        .len();
                     out.push(ObjectInfo { key, size });
                 }
             }
