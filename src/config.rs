@@ -91,6 +91,9 @@ pub struct Settings {
     pub quotas: QuotaConfig,
     /// Maintenance jobs and the scheduler inside `serve`.
     pub maintenance: MaintenanceSettings,
+    /// Images: probing limits, variant workers and retries, `strip_original_exif`.
+    #[cfg(feature = "media")]
+    pub media: crate::media::MediaConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -526,6 +529,8 @@ impl Settings {
                 .as_ref()
                 .map(|s| s.scan_config(Arc::new(s.clamd()))),
             quotas: self.quotas.clone(),
+            #[cfg(feature = "media")]
+            media: self.media.clone(),
             ..Config::default()
         }
     }
