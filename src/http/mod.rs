@@ -282,7 +282,7 @@ impl Server {
             let _ = task.await;
         }
         #[cfg(feature = "media")]
-        tokio::task::block_in_place(|| drop(image_workers));
+        let _ = tokio::task::spawn_blocking(move || drop(image_workers)).await;
         served
     }
 }

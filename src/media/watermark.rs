@@ -98,9 +98,9 @@ pub fn apply(img: &DynamicImage, wm: &Watermark) -> DynamicImage {
         for px in x0..x1 {
             let m = marked.get_pixel(px, py).0;
             let p = canvas.get_pixel_mut(px, py);
-            for c in 0..3 {
-                let (a, b) = (f32::from(p.0[c]), f32::from(m[c]));
-                p.0[c] = (a + (b - a) * opacity).round() as u8;
+            for (dst, src) in p.0.iter_mut().zip(m).take(3) {
+                let (a, b) = (f32::from(*dst), f32::from(src));
+                *dst = (a + (b - a) * opacity).round() as u8;
             }
         }
     }

@@ -687,3 +687,55 @@ fn variants_follow_their_original_through_delete_and_undelete() {
             .all(|v| !store.stat(v.file).unwrap().deleted)
     );
 }
+
+#[test]
+fn cli_probe_variants_and_optimize() {
+    let cli = crate::cli::Cli::new();
+    let id = {
+        let store = Store::create(cli.store(), Config::default()).unwrap();
+        store
+            .put_image(
+                &photo("orientation_6.jpg")[..],
+                &named("o.jpg"),
+                &ImageOptions::default(),
+            )
+            .unwrap()
+            .file
+            .id
+    };
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/images/gps_sample1.jpg");
+    let facts = cli.json(&["image", "probe", path.to_str().unwrap()]);
+    assert_eq!(
+        (facts["width"].as_u64(), facts["gps"].as_bool()),
+        (Some(500), Some(true))
+    );
+    let facts = cli.json(&["image", "probe", &id.to_string()]);
+    assert_eq!(
+        (facts["width"].as_u64(), facts["orientation"].as_u64()),
+        (Some(50), Some(6))
+    );
+    let pending = cli.json(&["image", "variants", &id.to_string()]);
+    assert_eq!(pending["status"], "pending");
+    let done = cli.json(&["image", "variants", &id.to_string(), "--wait"]);
+    assert_eq!(
+        (done["status"].as_str(), done["attempts"].as_u64()),
+        (Some("done"), Some(1))
+    );
+    assert_eq!(done["variants"].as_array().unwrap().len(), 5);
+    let out = cli.path("small.webp");
+    let flowers = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/images/flowers.png");
+    let r = cli.json(&[
+        "image",
+        "optimize",
+        flowers.to_str().unwrap(),
+        "--max-kb",
+        "15",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let written = std::fs::read(&out).unwrap();
+    assert_eq!(r["bytes"].as_u64(), Some(written.len() as u64));
+    assert!(r["target_met"] == true && written.len() <= 15 * 1024, "{r}");
+    assert!(r["quality"].as_f64().unwrap() < 90.0);
+    assert_eq!(decode(&written).dimensions(), (600, 400));
+}
