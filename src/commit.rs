@@ -18,7 +18,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, FileId};
-use crate::index::{ChunkRow, FileRecord, WriteTx};
+use crate::index::{ChunkRow, FileRecord, ImageJob, JobStatus, WriteTx};
 use crate::pack::manifest::{ChunkRef, FileEvent, Manifest, ScanStamp, VersionMeta};
 use crate::pack::record::{self, RecordKind};
 use crate::pack::{Location, Packs};
@@ -46,6 +46,9 @@ pub(crate) enum Change {
         chunks: Vec<ChunkRef>,
         /// Rows of chunks the index may not have yet (written by this change's put).
         rows: HashMap<ChunkId, ChunkRow>,
+        /// An image put's job options: the job row is written by the same transaction, so no
+        /// crash leaves a stored image without its job.
+        image_job: Option<serde_json::Value>,
     },
     Delete(FileId),
     Undelete(FileId),
@@ -155,6 +158,7 @@ enum Prepared {
         meta: VersionMeta,
         chunks: Vec<ChunkRef>,
         rows: HashMap<ChunkId, ChunkRow>,
+        image_job: Option<serde_json::Value>,
     },
     Event(FileEvent),
     /// A purge or dropped version: the file as it was before, for the reply.
@@ -235,6 +239,7 @@ fn prepare(w: &WriteTx, packs: &Packs, now: i64, change: Change) -> Result<Prepa
             mut meta,
             chunks,
             rows,
+            image_job,
         } => {
             let existing = match target {
                 Target::ByKey => match &meta.key {
@@ -278,7 +283,12 @@ fn prepare(w: &WriteTx, packs: &Packs, now: i64, change: Change) -> Result<Prepa
                     });
                 }
             }
-            Ok(Prepared::Version { meta, chunks, rows })
+            Ok(Prepared::Version {
+                meta,
+                chunks,
+                rows,
+                image_job,
+            })
         }
         Change::Delete(id) => {
             let f = w
@@ -388,7 +398,12 @@ fn apply(
     appended: &mut Vec<Location>,
 ) -> Result<FileInfo> {
     match prepared {
-        Prepared::Version { meta, chunks, rows } => {
+        Prepared::Version {
+            meta,
+            chunks,
+            rows,
+            image_job,
+        } => {
             let manifest = Manifest { meta, chunks };
             let plain = manifest.encode();
             let loc = append(
@@ -402,6 +417,18 @@ fn apply(
                 rows.get(id).copied()
             })?;
             debug_assert!(missing.is_empty(), "prepare checked every chunk");
+            if let Some(options) = image_job {
+                w.put_image_job(&ImageJob {
+                    file: file.id,
+                    version: manifest.meta.version,
+                    status: JobStatus::Pending,
+                    attempts: 0,
+                    error: None,
+                    options,
+                    variants: Vec::new(),
+                    updated_ms: manifest.meta.created_ms,
+                })?;
+            }
             Ok(FileInfo::new(&file, &manifest.meta))
         }
         Prepared::Event(event) => {

@@ -121,6 +121,9 @@ pub struct Settings {
     /// `[tiers]`: lifecycle rules and the read path of the cold tier (the tier itself is
     /// configured in `[cold]`; without one these do nothing).
     pub tiers: TierSettings,
+    /// Images: probing limits, variant workers and retries, `strip_original_exif`.
+    #[cfg(feature = "media")]
+    pub media: crate::media::MediaConfig,
 }
 
 /// Which cold tier backend `[cold]` configures.
@@ -882,6 +885,8 @@ impl Settings {
             cold_cache_bytes: self.tiers.cache.as_u64(),
             cold_read_block: self.tiers.read_block.as_u64(),
             rehydrate_on_read: self.tiers.rehydrate_on_read,
+            #[cfg(feature = "media")]
+            media: self.media.clone(),
             ..Config::default()
         }
     }

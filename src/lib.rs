@@ -40,6 +40,8 @@ pub mod http;
 pub mod id;
 pub mod index;
 pub mod maintenance;
+#[cfg(feature = "media")]
+pub mod media;
 pub mod pack;
 mod pipeline;
 pub mod quota;

@@ -107,6 +107,9 @@ pub struct Config {
     /// After a read that found cold chunks, move the file back to the hot tier (default
     /// false). Started when the reader is dropped, on a thread of its own; best effort.
     pub rehydrate_on_read: bool,
+    /// Image probing limits, variant workers, retries (feature `media`).
+    #[cfg(feature = "media")]
+    pub media: crate::media::MediaConfig,
 }
 
 impl Default for Config {
@@ -129,6 +132,8 @@ impl Default for Config {
             cold_cache_bytes: 64 << 20,
             cold_read_block: 2 << 20,
             rehydrate_on_read: false,
+            #[cfg(feature = "media")]
+            media: Default::default(),
         }
     }
 }
@@ -467,6 +472,9 @@ pub(crate) struct Inner {
     pub read_only: bool,
     /// The cold tier, when the configuration has one.
     pub cold: Option<Cold>,
+    /// The image job queue of running workers (feature `media`).
+    #[cfg(feature = "media")]
+    pub media: crate::media::jobs::MediaState,
     _lock: File,
 }
 
@@ -831,6 +839,8 @@ impl Store {
                 quotas,
                 read_only,
                 cold,
+                #[cfg(feature = "media")]
+                media: Default::default(),
                 _lock: lock,
             }),
         };
@@ -913,12 +923,52 @@ impl Store {
         opts: &PutOptions,
         session: Option<&str>,
     ) -> Result<PutReport> {
-        let (prepared, mut source) = self.prepare_put(opts, source, session)?;
-        let mut ingested = pipeline::ingest(&self.inner, &mut source)?;
-        let outcome = source.finish()?;
+        self.put_inspected(source, opts, session, None)
+    }
+
+    /// A put whose whole content `inspect` sees before it commits (the image path, feature
+    /// `media`): the content is read into memory — at most `Inspect::max_bytes`, else
+    /// [`Error::TooLarge`] — then `inspect` may refuse it, rewrite it (what it leaves in the
+    /// buffer is what is stored), add to the version's metadata, and ask for a job row, which
+    /// the same commit writes.
+    pub(crate) fn put_inspected(
+        &self,
+        source: impl Read,
+        opts: &PutOptions,
+        session: Option<&str>,
+        inspect: Option<&dyn Inspect>,
+    ) -> Result<PutReport> {
+        let (mut prepared, mut source) = self.prepare_put(opts, source, session)?;
+        let (mut ingested, outcome, job) = match inspect {
+            None => {
+                let ingested = pipeline::ingest(&self.inner, &mut source)?;
+                (ingested, source.finish()?, None)
+            }
+            Some(inspect) => {
+                let limit = inspect.max_bytes();
+                let mut content = Vec::new();
+                (&mut source)
+                    .take(limit + 1)
+                    .read_to_end(&mut content)
+                    .map_err(crate::error::input_error)?;
+                if content.len() as u64 > limit {
+                    return Err(Error::TooLarge {
+                        limit,
+                        what: "an image to process".into(),
+                    });
+                }
+                let outcome = source.finish()?;
+                let job = inspect.inspect(&mut content, &mut prepared.meta.metadata)?;
+                let ingested = pipeline::ingest(&self.inner, &content[..])?;
+                (ingested, outcome, job)
+            }
+        };
         // Held until the commit has turned it into usage.
         let hold = prepared.quota.clone();
-        let (change, counts) = prepared.change(&mut ingested, outcome);
+        let (mut change, counts) = prepared.change(&mut ingested, outcome);
+        if let Change::Version { image_job, .. } = &mut change {
+            *image_job = job;
+        }
         let file = self.inner.committer.commit(&self.inner, change)?;
         drop(hold);
         // Only now may the put's chunk claims end (see `pipeline::Claims`).
@@ -1194,14 +1244,25 @@ impl Store {
     /// Soft delete: the file disappears from reads and listings; its data stays until purged.
     /// Deleting a deleted file changes nothing.
     pub fn delete(&self, id: FileId) -> Result<FileInfo> {
-        self.inner.committer.commit(&self.inner, Change::Delete(id))
+        let info = self
+            .inner
+            .committer
+            .commit(&self.inner, Change::Delete(id))?;
+        // An image's variants follow it (a crash in between: the workers' next start does it).
+        #[cfg(feature = "media")]
+        self.variants_follow(id)?;
+        Ok(info)
     }
 
     /// Undoes a soft delete. Undeleting a live file changes nothing.
     pub fn undelete(&self, id: FileId) -> Result<FileInfo> {
-        self.inner
+        let info = self
+            .inner
             .committer
-            .commit(&self.inner, Change::Undelete(id))
+            .commit(&self.inner, Change::Undelete(id))?;
+        #[cfg(feature = "media")]
+        self.variants_follow(id)?;
+        Ok(info)
     }
 
     /// Makes old `version` the current content again, as a new version (history is kept).
@@ -1236,6 +1297,7 @@ impl Store {
             meta,
             chunks,
             rows: HashMap::new(),
+            image_job: None,
         };
         self.inner.committer.commit(&self.inner, change)
     }
@@ -1512,9 +1574,23 @@ impl PreparedPut<'_> {
             meta,
             chunks: std::mem::take(&mut ingested.chunks),
             rows: std::mem::take(&mut ingested.rows),
+            image_job: None,
         };
         (change, counts)
     }
+}
+
+/// Looks at a put's whole content before it commits; see [`Store::put_inspected`].
+pub(crate) trait Inspect {
+    /// The most content it takes into memory.
+    fn max_bytes(&self) -> u64;
+    /// Refuses the content (the put commits nothing), or returns the options of the job the
+    /// commit must enqueue. May rewrite `content` and add to `metadata`.
+    fn inspect(
+        &self,
+        content: &mut Vec<u8>,
+        metadata: &mut serde_json::Value,
+    ) -> Result<Option<serde_json::Value>>;
 }
 
 /// What a put did, apart from the file the commit returns.

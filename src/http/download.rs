@@ -25,8 +25,9 @@ pub enum Cache {
     Public,
     /// A private file read with a token.
     Private,
-    /// A signed link: private, and not cached longer than the link lives.
-    Signed { max_age_s: u64 },
+    /// A signed link: private, and not cached longer than the link lives; `immutable` when
+    /// the version's bytes can never change under the link (image variants).
+    Signed { max_age_s: u64, immutable: bool },
 }
 
 impl Cache {
@@ -35,9 +36,14 @@ impl Cache {
             Cache::Immutable => HeaderValue::from_static("public, max-age=31536000, immutable"),
             Cache::Public => HeaderValue::from_static("public, no-cache"),
             Cache::Private => HeaderValue::from_static("private, no-cache"),
-            Cache::Signed { max_age_s } => {
-                HeaderValue::from_str(&format!("private, max-age={max_age_s}")).unwrap()
-            }
+            Cache::Signed {
+                max_age_s,
+                immutable,
+            } => HeaderValue::from_str(&format!(
+                "private, max-age={max_age_s}{}",
+                if immutable { ", immutable" } else { "" }
+            ))
+            .unwrap(),
         }
     }
 }

@@ -33,7 +33,11 @@ fn parse_id(raw: &str) -> ApiResult<FileId> {
 }
 
 /// The file `raw` names, if `caller` may read it; another user's private file is "not found".
-async fn readable(state: &AppState, caller: Option<&UserRecord>, raw: &str) -> ApiResult<FileInfo> {
+pub(crate) async fn readable(
+    state: &AppState,
+    caller: Option<&UserRecord>,
+    raw: &str,
+) -> ApiResult<FileInfo> {
     let id = parse_id(raw)?;
     let store = state.store.clone();
     let file = blocking(move || store.stat(id)).await?;
@@ -120,6 +124,27 @@ pub async fn upload(
     headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> ApiResult<Response> {
+    receive(state, user, headers, multipart, UploadKind::Files).await
+}
+
+/// What a multipart upload stores.
+#[derive(Clone)]
+pub(crate) enum UploadKind {
+    Files,
+    /// Images, probed before they commit, with their variants scheduled (`POST /api/images`;
+    /// the options come from form fields before the file parts).
+    #[cfg(feature = "media")]
+    Images(crate::media::ImageOptions),
+}
+
+/// A multipart upload: every file part is stored on its own, with a result per file.
+pub(crate) async fn receive(
+    state: AppState,
+    user: UserRecord,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+    #[allow(unused_mut)] mut kind: UploadKind,
+) -> ApiResult<Response> {
     let max = state.settings.uploads.max_upload.as_u64();
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -182,6 +207,12 @@ pub async fn upload(
                 "category" => category = Some(text.trim().to_string()).filter(|c| !c.is_empty()),
                 "key" => key = Some(text.trim().to_string()).filter(|k| !k.is_empty()),
                 "public" => public = parse_bool(&text)?,
+                #[cfg(feature = "media")]
+                other if matches!(kind, UploadKind::Images(_)) => {
+                    if let UploadKind::Images(options) = &mut kind {
+                        super::images::option_field(options, other, &text)?;
+                    }
+                }
                 _ => {} // Unknown fields are ignored, as browsers send submit buttons and such.
             }
             continue;
@@ -209,7 +240,12 @@ pub async fn upload(
         };
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(QUEUE);
         let store = state.store.clone();
-        let job = tokio::task::spawn_blocking(move || store.put(ChannelReader::new(rx), &opts));
+        let this = kind.clone();
+        let job = tokio::task::spawn_blocking(move || match this {
+            UploadKind::Files => store.put(ChannelReader::new(rx), &opts),
+            #[cfg(feature = "media")]
+            UploadKind::Images(options) => store.put_image(ChannelReader::new(rx), &opts, &options),
+        });
 
         let mut over_limit = false;
         loop {
@@ -552,6 +588,8 @@ pub async fn signed(
             version: info,
             cache: Cache::Signed {
                 max_age_s: (grant.expires_s - now).max(0) as u64,
+                // A variant's bytes at a pinned version never change (see media).
+                immutable: file.metadata.get("variant_of").is_some(),
             },
             attachment: grant.flags & FLAG_ATTACHMENT != 0,
         },

@@ -11,6 +11,8 @@ mod bridge;
 mod download;
 pub mod error;
 mod files;
+#[cfg(feature = "media")]
+mod images;
 pub mod links;
 pub mod maintenance;
 mod metrics;
@@ -67,6 +69,16 @@ pub async fn blocking<T: Send + 'static>(
     }
 }
 
+#[cfg(feature = "media")]
+fn image_routes() -> Router<AppState> {
+    images::routes()
+}
+
+#[cfg(not(feature = "media"))]
+fn image_routes() -> Router<AppState> {
+    Router::new()
+}
+
 /// Every route of the service.
 pub fn router(state: AppState) -> Router {
     let id = axum::http::HeaderName::from_static("x-request-id");
@@ -84,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/files/{id}/undelete", post(files::undelete))
         .route("/api/files/{id}/link", post(files::link))
         .route("/d/{token}", get(files::signed))
+        .merge(image_routes())
         // tus: one handler per path, which applies X-HTTP-Method-Override itself.
         .route(
             "/api/uploads",
@@ -246,6 +259,10 @@ impl Server {
                 crate::maintenance::scheduler::Scheduler::new(self.state.store.clone(), jobs);
             tokio::spawn(maintenance::run(scheduler, stopped))
         });
+        // Image variants: resumes the jobs a previous run left pending. Dropped (workers
+        // joined after their current job) when serving ends.
+        #[cfg(feature = "media")]
+        let image_workers = self.state.store.start_image_workers()?;
         let app = router(self.state);
         // Without TCP_NODELAY a response written as headers then body waits for the client's
         // delayed ACK (Nagle): 40 ms per small download.
@@ -264,6 +281,8 @@ impl Server {
             // Waits for a job in progress to finish its current step.
             let _ = task.await;
         }
+        #[cfg(feature = "media")]
+        let _ = tokio::task::spawn_blocking(move || drop(image_workers)).await;
         served
     }
 }

@@ -8,6 +8,7 @@
 //! staging state that recovery drops.
 
 mod gc;
+mod jobs;
 mod quota;
 mod reports;
 mod schema;
@@ -29,6 +30,7 @@ use crate::pack::manifest::{
     ChunkRef, FileEvent, VersionMeta, decode_chunk_list, encode_chunk_list,
 };
 use crate::pack::{Location, PackState};
+pub use jobs::{ImageJob, JobStatus, VariantRef};
 pub use quota::day_of;
 use schema::*;
 pub use schema::{ChunkRow, INDEX_FORMAT};

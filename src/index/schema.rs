@@ -33,6 +33,9 @@ pub const PACKS: TableDefinition<u32, &[u8; PACK_ROW_LEN]> = TableDefinition::ne
 /// Upload session id (ULID string) → `UploadRecord` (JSON). Index-only state: sessions are not
 /// recorded in packs, so `recover` does not bring them back.
 pub const UPLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("uploads");
+/// (file id, version) → `ImageJob` (JSON): the background image job of one version. Index-only,
+/// like `uploads`; written in the transaction that commits the version (see `index/jobs.rs`).
+pub const IMAGE_JOBS: TableDefinition<(u128, u32), &[u8]> = TableDefinition::new("image_jobs");
 
 /// User name → `UserRecord` (JSON): the people and services the HTTP service knows.
 pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");

@@ -14,27 +14,27 @@ use crate::common::{blake3_hex, random_bytes, text_bytes};
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
 
 /// A temp directory with a store path (`store/`, not created) and room for input files.
-struct Cli {
+pub struct Cli {
     tmp: tempfile::TempDir,
 }
 
 impl Cli {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Cli {
             tmp: tempfile::tempdir().expect("tempdir"),
         }
     }
 
-    fn store(&self) -> PathBuf {
+    pub fn store(&self) -> PathBuf {
         self.tmp.path().join("store")
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
+    pub fn path(&self, rel: &str) -> PathBuf {
         self.tmp.path().join(rel)
     }
 
     /// A command in the temp directory, on this store, unaffected by the caller's environment.
-    fn cmd(&self, args: &[&str]) -> Command {
+    pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
         c.arg("--store")
             .arg(self.store())
@@ -46,12 +46,12 @@ impl Cli {
         c
     }
 
-    fn run(&self, args: &[&str]) -> Output {
+    pub fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().expect("run tessera")
     }
 
     /// Runs and asserts success; returns stdout.
-    fn ok(&self, args: &[&str]) -> Vec<u8> {
+    pub fn ok(&self, args: &[&str]) -> Vec<u8> {
         let out = self.run(args);
         assert!(
             out.status.success(),
@@ -67,7 +67,7 @@ impl Cli {
     }
 
     /// Runs with `--json`, asserts success and that stdout is exactly one JSON document.
-    fn json(&self, args: &[&str]) -> Value {
+    pub fn json(&self, args: &[&str]) -> Value {
         let mut all = vec!["--json"];
         all.extend_from_slice(args);
         let out = self.ok(&all);

@@ -10,6 +10,8 @@ mod damage;
 mod faults;
 mod gc;
 mod http;
+#[cfg(feature = "media")]
+mod images;
 mod lifecycle;
 mod pipeline;
 mod quota;

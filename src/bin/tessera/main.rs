@@ -11,6 +11,8 @@
 
 mod admin;
 mod files;
+#[cfg(feature = "media")]
+mod image;
 mod lifecycle;
 mod quota;
 mod report;
@@ -127,6 +129,10 @@ enum Cmd {
     /// Reports: files unread for N days, identical files, storage by category/owner/tier.
     #[command(subcommand)]
     Report(report::ReportCmd),
+    /// Images: probe a file or a stored image, show its variants, optimise to a size.
+    #[cfg(feature = "media")]
+    #[command(subcommand)]
+    Image(image::ImageCmd),
     /// Run the HTTP service on the store.
     Serve(serve::ServeArgs),
     /// Manage the users and tokens of the HTTP service.
@@ -359,6 +365,8 @@ fn main() -> ExitCode {
         Cmd::Quarantine(QuarantineCmd::Purge(a)) => lifecycle::quarantine_purge(&ctx, &a),
         Cmd::Recover => admin::recover(&ctx),
         Cmd::Report(c) => report::report(&ctx, c),
+        #[cfg(feature = "media")]
+        Cmd::Image(c) => image::run(&ctx, c),
         Cmd::Serve(a) => serve::serve(&ctx, a),
         Cmd::User(c) => serve::user(&ctx, c),
         Cmd::Scan(a) => scan::scan(&ctx, &a),

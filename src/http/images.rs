@@ -1,0 +1,113 @@
+//! Image endpoints (feature `media`): `POST /api/images` (the multipart upload of
+//! `files::receive`, storing through `Store::put_image`, with the variant options as form
+//! fields) and `GET /api/images/{id}/variants` (processing status and a signed link per
+//! variant; signed links to variants answer `Cache-Control: private, max-age=…, immutable`).
+
+use axum::extract::multipart::{Multipart, MultipartRejection};
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::json;
+
+use super::AppState;
+use super::auth::User;
+use super::error::{ApiError, ApiResult};
+use super::files::{self, UploadKind};
+use super::links::Grant;
+use crate::media::ImageOptions;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/images",
+            post(upload).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/api/images/{id}/variants", get(variants))
+}
+
+/// One form field of `POST /api/images`: `thumbnails`, `optimise`, `jpeg` (booleans),
+/// `max_kb`, `watermark` (the text), `watermark_position`, `watermark_opacity`. Others are
+/// ignored, as on `POST /api/files`.
+pub(crate) fn option_field(o: &mut ImageOptions, name: &str, text: &str) -> ApiResult<()> {
+    let text = text.trim();
+    let bad = |what: &str| ApiError::bad_request(format!("form field {name:?}: {what}"));
+    let flag = || match text {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(bad("expected true or false")),
+    };
+    match name {
+        "thumbnails" => o.thumbnails = flag()?,
+        "optimise" | "optimize" => o.optimise = flag()?,
+        "jpeg" => o.jpeg = flag()?,
+        "max_kb" => o.max_kb = Some(text.parse().map_err(|_| bad("expected a number of KiB"))?),
+        "watermark" => o.watermark.get_or_insert_with(Default::default).text = text.to_string(),
+        "watermark_position" => {
+            o.watermark.get_or_insert_with(Default::default).position =
+                text.parse().map_err(|e: String| bad(&e))?
+        }
+        "watermark_opacity" => {
+            let v: f32 = text.parse().map_err(|_| bad("expected 0 to 1"))?;
+            if !(0.0..=1.0).contains(&v) {
+                return Err(bad("expected 0 to 1"));
+            }
+            o.watermark.get_or_insert_with(Default::default).opacity = v;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `POST /api/images`: like `POST /api/files`, each file probed (422 `image_invalid` or
+/// `image_too_large`, nothing stored) and its variants scheduled.
+async fn upload(
+    State(state): State<AppState>,
+    User(user): User,
+    headers: HeaderMap,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> ApiResult<Response> {
+    let kind = UploadKind::Images(ImageOptions::default());
+    files::receive(state, user, headers, multipart, kind).await
+}
+
+/// `GET /api/images/{id}/variants`: the current version's processing status and its
+/// variants, each with a signed link pinned to its version.
+async fn variants(
+    State(state): State<AppState>,
+    User(user): User,
+    Path(raw): Path<String>,
+) -> ApiResult<Response> {
+    let file = files::readable(&state, Some(&user), &raw).await?;
+    let store = state.store.clone();
+    let (id, version) = (file.id, file.version);
+    let status = super::blocking(move || store.image_status_of(id, version)).await?;
+    let ttl = state.settings.links.default_ttl.as_secs();
+    let expires_s = state.now_s() + ttl as i64;
+    let variants: Vec<_> = status
+        .variants
+        .iter()
+        .map(|v| {
+            let token = state.signer.sign(&Grant {
+                file: v.file,
+                version: v.version,
+                expires_s,
+                flags: 0,
+            });
+            let mut j = json!(v);
+            j["url"] = json!(format!("{}/d/{token}", state.public_url));
+            j["expires_at"] = json!(expires_s);
+            j
+        })
+        .collect();
+    Ok(Json(json!({
+        "file": status.file,
+        "version": status.version,
+        "status": status.status,
+        "attempts": status.attempts,
+        "error": status.error,
+        "variants": variants,
+    }))
+    .into_response())
+}
