@@ -18,8 +18,8 @@ CARGO_FUZZ_VERSION ?= 0.13.2
 FUZZ := cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz
 FUZZ_BUILD_FLAGS := -a
 
-.PHONY: test fmt fmt-check clippy build-minimal unit tus-deps clamd-check garage-install \
-	garage-check fuzz-install fuzz-build fuzz-smoke fuzz-regressions fuzz-seeds bench
+.PHONY: test fmt fmt-check clippy build-minimal unit tus-deps clamd-install garage-install \
+	fuzz-install fuzz-build fuzz-smoke fuzz-regressions fuzz-seeds bench
 
 test: fmt-check clippy build-minimal unit fuzz-regressions fuzz-smoke
 	@echo "make test: all checks passed"
@@ -47,7 +47,7 @@ build-minimal:
 # (loopback, temporary directory, its own key and bucket) and prints TESSERA_TEST_S3_* for
 # them. If either cannot start, it says why and the run fails. The traps stop them however the
 # tests end.
-unit: tus-deps clamd-check garage-check
+unit: tus-deps clamd-install garage-install
 	env=$$(tests/clamd/start.sh); eval "$$env"; \
 	  trap 'tests/clamd/stop.sh' EXIT; \
 	  genv=$$(tests/garage/start.sh); eval "$$genv"; \
@@ -56,10 +56,18 @@ unit: tus-deps clamd-check garage-check
 	$(CARGO) test --doc
 
 # clamd comes from Debian's clamav-daemon (.ci/run installs it when missing).
-clamd-check:
-	command -v clamd >/dev/null || test -x /usr/sbin/clamd || { \
-	  echo "clamd is missing: apt-get install -y clamav-daemon (the scan tests need a real clamd)" >&2; \
-	  exit 1; }
+# Debian's clamav-daemon, installed when missing (as root, like .ci/run does), so `make test`
+# works on a fresh machine; its packaged service is not used.
+clamd-install:
+	if ! command -v clamd >/dev/null && [[ ! -x /usr/sbin/clamd ]]; then \
+	  if [[ $$(id -u) -ne 0 ]]; then \
+	    echo "clamd is missing: apt-get install -y clamav-daemon as root (the scan tests need a real clamd)" >&2; \
+	    exit 1; \
+	  fi; \
+	  echo "installing Debian's clamav-daemon"; \
+	  apt-get update -qq && apt-get install -y -qq clamav-daemon; \
+	fi
+	/usr/sbin/clamd --version
 
 # Garage, the S3-compatible server of the cold tier tests, pinned; built from crates.io
 # (cargo install) only when no garage is on PATH or in ~/.cargo/bin. The build is the slowest
@@ -84,10 +92,6 @@ garage-install:
 	fi
 	$(GARAGE_BIN) --version
 
-garage-check:
-	command -v garage >/dev/null || test -x $(CARGO_HOME_DIR)/bin/garage || { \
-	  echo "garage is missing: make garage-install (the S3 cold tier tests need a real Garage)" >&2; \
-	  exit 1; }
 
 # The Node harness of the tus test (tests/tus: tus-js-client, pinned by package-lock.json),
 # installed when node_modules is missing or older than the lock file.
