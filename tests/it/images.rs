@@ -638,6 +638,17 @@ fn restart_after_sigkill_finishes_every_job_exactly_once() {
     server.child.kill().unwrap(); // SIGKILL
     server.child.wait().unwrap();
     drop(server);
+    // The kill really left work queued: each job makes five variants, far slower than an
+    // upload, so the two workers were well behind the ten uploads.
+    {
+        let store = Store::open_read_only(tmp.path(), Config::default()).unwrap();
+        let unfinished = ids
+            .iter()
+            .filter(|id| store.image_status(id.parse().unwrap()).unwrap().status != JobStatus::Done)
+            .count();
+        assert!(unfinished > 0, "every job finished before the kill");
+        eprintln!("{unfinished} of {} jobs unfinished at the kill", ids.len());
+    }
 
     let server = ServeProcess::start(&tmp.path(), Some(token.clone()));
     for id in &ids {
