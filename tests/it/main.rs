@@ -9,6 +9,7 @@ mod crash;
 mod damage;
 mod faults;
 mod gc;
+mod hostile;
 mod http;
 #[cfg(feature = "media")]
 mod images;
