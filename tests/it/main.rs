@@ -4,6 +4,7 @@ mod cli;
 #[cfg(feature = "s3")]
 mod cold_garage;
 mod common;
+mod compat;
 mod core;
 mod crash;
 mod damage;
