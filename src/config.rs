@@ -511,6 +511,10 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     /// The URL clients reach the service at (no trailing slash). Default: `http://` + listen.
     pub public_url: Option<String>,
+    /// When set, `GET /metrics` needs `Authorization: Bearer <this>` (or an admin's token).
+    /// Default none: metrics are open, as Prometheus scrapers usually expect on a private
+    /// network.
+    pub metrics_token: Option<String>,
     /// Build URLs from `X-Forwarded-Proto`/`X-Forwarded-Host` (only behind a trusted proxy).
     /// Default false.
     pub trust_forwarded: bool,
@@ -524,6 +528,7 @@ impl Default for ServerSettings {
         ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: None,
+            metrics_token: None,
             trust_forwarded: false,
             worker_threads: 0,
         }

@@ -34,6 +34,7 @@ pub mod chunking;
 pub mod clock;
 mod commit;
 pub mod config;
+mod disk;
 pub mod error;
 #[cfg(feature = "server")]
 pub mod http;

@@ -69,6 +69,18 @@ impl ScanError {
     pub fn is_unavailable(&self) -> bool {
         !matches!(self, ScanError::StreamLimit { .. })
     }
+
+    /// What went wrong, without the scanner's address or the OS's words: what a file's
+    /// `unscanned` stamp records, since its owner reads it (the detail goes to the log).
+    pub fn summary(&self) -> &'static str {
+        match self {
+            ScanError::Unreachable { .. } => "the virus scanner could not be reached",
+            ScanError::Timeout { .. } => "the virus scanner timed out",
+            ScanError::Failed { .. } => "the virus scanner reported an error",
+            ScanError::Protocol { .. } => "the virus scanner failed",
+            ScanError::StreamLimit { .. } => "the file is larger than the virus scanner accepts",
+        }
+    }
 }
 
 /// A virus scanner. Implementations are shared by every put of a store, so they are `Send +
@@ -718,7 +730,7 @@ fn on_failure(c: &ScanConfig, e: ScanError) -> Result<GateState> {
     }
     if c.fail_open {
         tracing::warn!(error = %e, "virus scanner unavailable: storing the file unscanned");
-        return Ok(GateState::Unscanned(e.to_string()));
+        return Ok(GateState::Unscanned(e.summary().to_string()));
     }
     Err(Error::ScanUnavailable(e.to_string()))
 }

@@ -17,7 +17,7 @@
 //! returned.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -554,7 +554,7 @@ fn lock_store_shared(dir: &Path) -> Result<File> {
 
 fn take_lock(dir: &Path, shared: bool) -> Result<File> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
+    let file = crate::disk::private_options()
         .create(true)
         .truncate(false)
         .read(true)
@@ -605,7 +605,12 @@ pub(crate) fn pack_dir(dir: &Path) -> PathBuf {
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let ctx = || format!("writing {}", path.display());
-    let mut f = File::create(&tmp).ctx(ctx)?;
+    let mut f = crate::disk::private_options()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .ctx(ctx)?;
     f.write_all(bytes).ctx(ctx)?;
     f.sync_all().ctx(ctx)?;
     fs::rename(&tmp, path).ctx(ctx)?;
@@ -628,7 +633,7 @@ impl Store {
                 what: format!("a Tessera store in {}", dir.display()),
             });
         }
-        fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+        crate::disk::create_private_dir(dir).ctx(|| format!("creating {}", dir.display()))?;
         let lock = lock_store(dir)?;
         if dir.join(IDENTITY_FILE).exists() {
             return Err(Error::AlreadyExists {

@@ -314,11 +314,11 @@ impl Store {
     fn create_part(&self, id: &str) -> Result<()> {
         let dir = self.upload_dir();
         if !dir.exists() {
-            fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+            crate::disk::create_private_dir(&dir).ctx(|| format!("creating {}", dir.display()))?;
             sync_dir(self.dir()).ctx(|| format!("syncing {}", self.dir().display()))?;
         }
         let path = self.part_path(id);
-        OpenOptions::new()
+        crate::disk::private_options()
             .write(true)
             .create(true)
             .truncate(false)

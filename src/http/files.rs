@@ -83,6 +83,9 @@ struct FileResult {
     /// used, limit, percentage... when the file did not fit the quota.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     quota: Option<Box<super::error::QuotaFigures>>,
+    /// On a server-side failure: the id its log lines carry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
     #[serde(skip)]
     status: StatusCode,
 }
@@ -98,6 +101,7 @@ impl FileResult {
             message: Some(e.message),
             signature: e.signature,
             quota: e.quota,
+            request_id: e.request_id,
             status: e.status,
         }
     }
@@ -273,9 +277,10 @@ pub(crate) async fn receive(
             }
         }
         drop(tx);
-        let outcome = job
-            .await
-            .map_err(|e| Error::InvalidInput(format!("upload worker failed: {e}")));
+        let outcome = job.await.map_err(|e| Error::Io {
+            context: "the upload worker".into(),
+            source: io::Error::other(e.to_string()),
+        });
         let result = match outcome.and_then(|r| r) {
             Ok(report) => {
                 metrics::upload_done(report.file.size);
@@ -287,6 +292,7 @@ pub(crate) async fn receive(
                     message: None,
                     signature: None,
                     quota: None,
+                    request_id: None,
                     status: StatusCode::CREATED,
                 }
             }
@@ -334,6 +340,9 @@ pub(crate) async fn receive(
         let mut body = json!({ "error": first.error, "message": first.message });
         if let Some(sig) = &first.signature {
             body["signature"] = json!(sig);
+        }
+        if let Some(id) = &first.request_id {
+            body["request_id"] = json!(id);
         }
         if let Some(q) = &first.quota
             && let (Some(obj), serde_json::Value::Object(fig)) = (body.as_object_mut(), json!(q))
@@ -666,18 +675,25 @@ pub async fn quarantine(
     Ok(Json(json!({ "files": page.files, "next": page.next })).into_response())
 }
 
-/// `GET /healthz`: the store answers a read; with scanning configured, the scanner's version
-/// (or why it does not answer: uploads it must scan are then refused, or stored unscanned).
-pub async fn healthz(State(state): State<AppState>) -> ApiResult<Response> {
+/// `GET /healthz`: the store answers a read. Anyone learns only that (`{"status": "ok"}`);
+/// an admin also gets the build version, the file count and, with scanning configured, the
+/// scanner's version or why it does not answer (uploads it must scan are then refused, or
+/// stored unscanned) — facts an attacker probing the service has no use for.
+pub async fn healthz(State(state): State<AppState>, Caller(caller): Caller) -> ApiResult<Response> {
+    let admin = caller.is_some_and(|u| u.admin);
     let store = state.store.clone();
-    let (stats, scanner) = blocking(move || Ok((store.stats()?, store.scanner_status()))).await?;
-    let mut body = json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "files": stats.files,
-    });
-    if let Some(s) = scanner {
-        body["scanner"] = json!(s);
+    let (stats, scanner) = blocking(move || {
+        let stats = store.stats()?;
+        Ok((stats, admin.then(|| store.scanner_status()).flatten()))
+    })
+    .await?;
+    let mut body = json!({ "status": "ok" });
+    if admin {
+        body["version"] = json!(env!("CARGO_PKG_VERSION"));
+        body["files"] = json!(stats.files);
+        if let Some(s) = scanner {
+            body["scanner"] = json!(s);
+        }
     }
     Ok(Json(body).into_response())
 }

@@ -12,7 +12,12 @@ use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use super::AppState;
-use super::error::ApiResult;
+use super::error::{ApiError, ApiResult};
+
+/// Compares two secrets in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 const DURATION: &str = "tessera_http_request_duration_seconds";
 /// From a cached small download (~100 µs) to a multi-GiB transfer.
@@ -65,8 +70,32 @@ pub fn download_started(bytes: u64) {
     metrics::counter!("tessera_download_bytes_total").increment(bytes);
 }
 
-/// `GET /metrics`: the counters plus store gauges read at scrape time.
-pub async fn render(State(state): State<AppState>) -> ApiResult<Response> {
+/// `GET /metrics`: the counters plus store gauges read at scrape time. With
+/// `[server] metrics_token` set, only that bearer token (or an admin's) may scrape.
+pub async fn render(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> ApiResult<Response> {
+    if let Some(expected) = &state.settings.server.metrics_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim().to_string());
+        let Some(token) = presented else {
+            return Err(ApiError::unauthorized());
+        };
+        let allowed = constant_time_eq(token.as_bytes(), expected.as_bytes()) || {
+            let store = state.store.clone();
+            super::blocking(move || store.authenticate(&token))
+                .await?
+                .is_some_and(|u| u.admin)
+        };
+        if !allowed {
+            return Err(ApiError::unauthorized());
+        }
+    }
     let store = state.store.clone();
     let stats = super::blocking(move || store.stats()).await?;
     metrics::gauge!("tessera_dedup_ratio").set(stats.dedup_ratio);

@@ -61,11 +61,7 @@ pub async fn blocking<T: Send + 'static>(
 ) -> ApiResult<T> {
     match tokio::task::spawn_blocking(f).await {
         Ok(r) => r.map_err(ApiError::from),
-        Err(e) => Err(ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("worker failed: {e}"),
-        )),
+        Err(e) => Err(ApiError::internal(format_args!("worker failed: {e}"))),
     }
 }
 
@@ -133,9 +129,20 @@ pub fn router(state: AppState) -> Router {
         })
         .with_state(state)
         .layer(axum::middleware::from_fn(bridge::drain_on_error))
+        .layer(axum::middleware::from_fn(error::json_errors))
+        .layer(axum::middleware::from_fn(error::with_request_id))
         .layer(axum::middleware::from_fn(metrics::track))
         .layer(PropagateRequestIdLayer::new(id.clone()))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(
+            |req: &axum::http::Request<axum::body::Body>| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), id)
+            },
+        ))
         .layer(SetRequestIdLayer::new(id, MakeRequestUuid))
 }
 

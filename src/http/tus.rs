@@ -754,11 +754,9 @@ async fn append(
             ))
         }
         Ok(Err(e)) => Err(e.into()),
-        Err(e) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("upload worker failed: {e}"),
-        )),
+        Err(e) => Err(ApiError::internal(format_args!(
+            "upload worker failed: {e}"
+        ))),
     }
 }
 

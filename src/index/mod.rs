@@ -152,6 +152,13 @@ impl Index {
                 path.display()
             )));
         }
+        // redb creates its file with the default mode; an empty file made here first is
+        // initialised in place instead, so the index is private from its first byte.
+        crate::disk::private_options()
+            .write(true)
+            .create_new(true)
+            .open(path)
+            .map_err(ix("creating the index"))?;
         let db = redb::Builder::new()
             .set_cache_size(INDEX_CACHE_BYTES)
             .create(path)

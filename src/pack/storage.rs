@@ -117,7 +117,7 @@ impl FsPackStorage {
     /// Uses (and creates if needed) `dir` for packs.
     pub fn new(dir: impl Into<PathBuf>) -> io::Result<Self> {
         let dir = dir.into();
-        fs::create_dir_all(&dir)?;
+        crate::disk::create_private_dir(&dir)?;
         Ok(FsPackStorage { dir })
     }
 
@@ -149,7 +149,7 @@ impl PackStorage for FsPackStorage {
     }
 
     fn create(&self, id: u32) -> io::Result<Arc<dyn PackFile>> {
-        let file = OpenOptions::new()
+        let file = crate::disk::private_options()
             .read(true)
             .write(true)
             .create_new(true)

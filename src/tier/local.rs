@@ -30,7 +30,7 @@ impl LocalDirTier {
     /// A tier rooted at `root`, which is created if missing.
     pub fn new(root: impl Into<PathBuf>) -> io::Result<Self> {
         let root = root.into();
-        fs::create_dir_all(&root)?;
+        crate::disk::create_private_dir(&root)?;
         Ok(Self {
             root,
             tmp_seq: AtomicU64::new(0),
@@ -63,7 +63,7 @@ impl ColdTier for LocalDirTier {
     fn put(&self, key: &str, data: &[u8], _opts: &ObjectOptions) -> Result<(), TierError> {
         let path = self.path("put", key)?;
         let dir = path.parent().expect("keys are under the root");
-        fs::create_dir_all(dir).map_err(|e| failed("put", key, e))?;
+        crate::disk::create_private_dir(dir).map_err(|e| failed("put", key, e))?;
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp = path.with_file_name(format!(
             "{}.{}.{seq}{TMP_SUFFIX}",
@@ -71,7 +71,11 @@ impl ColdTier for LocalDirTier {
             std::process::id()
         ));
         let write = || -> io::Result<()> {
-            let mut f = File::create(&tmp)?;
+            let mut f = crate::disk::private_options()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
             f.write_all(data)?;
             f.sync_all()?;
             fs::rename(&tmp, &path)?;

@@ -13,9 +13,45 @@ pub const MAX_KEY_BYTES: usize = 1024;
 pub const MAX_LABEL_BYTES: usize = 128;
 
 fn is_unsafe_char(c: char) -> bool {
-    c.is_control()
-        // Bidi overrides and isolates can disguise an extension ("txt.exe" shown as "exe.txt").
-        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+    c.is_control() || is_invisible(c)
+}
+
+/// Characters that render as nothing, or reorder what is around them: Unicode's
+/// Default_Ignorable_Code_Point set and every format character (general category Cf; the Bidi
+/// controls are among them). Bidi overrides, isolates and marks can disguise an extension
+/// ("txt.exe" shown as "exe.txt"); zero-width and filler characters make two names that look
+/// the same differ. The ranges are stable across Unicode versions (new ones would land in the
+/// reserved blocks listed, E0000..E0FFF included).
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00ad}'                       // soft hyphen
+            | '\u{034f}'                 // combining grapheme joiner
+            | '\u{0600}'..='\u{0605}'   // Arabic number signs
+            | '\u{061c}'                 // Arabic letter mark (Bidi_Control)
+            | '\u{06dd}'
+            | '\u{070f}'
+            | '\u{0890}'..='\u{0891}'
+            | '\u{08e2}'
+            | '\u{115f}'..='\u{1160}'   // Hangul fillers
+            | '\u{17b4}'..='\u{17b5}'
+            | '\u{180b}'..='\u{180f}'   // Mongolian selectors and vowel separator
+            | '\u{200b}'..='\u{200f}'   // zero-width space, joiners, LRM, RLM
+            | '\u{202a}'..='\u{202e}'   // embeddings and overrides
+            | '\u{2060}'..='\u{206f}'   // word joiner, invisible operators, isolates
+            | '\u{2800}'                 // braille blank
+            | '\u{3164}'                 // Hangul filler
+            | '\u{fe00}'..='\u{fe0f}'   // variation selectors
+            | '\u{feff}'                 // zero-width no-break space (BOM)
+            | '\u{ffa0}'                 // halfwidth Hangul filler
+            | '\u{fff0}'..='\u{fffb}'   // unassigned specials, interlinear annotation
+            | '\u{110bd}'
+            | '\u{110cd}'
+            | '\u{13430}'..='\u{1343f}' // Egyptian hieroglyph format controls
+            | '\u{1bca0}'..='\u{1bca3}' // shorthand format controls
+            | '\u{1d173}'..='\u{1d17a}' // musical symbol format controls
+            | '\u{e0000}'..='\u{e0fff}' // tags, variation selectors supplement
+    )
 }
 
 /// Checks an owner or category label: non-empty, short, no control characters.
@@ -113,6 +149,48 @@ fn cut_at_char_boundary(s: &str, max: usize) -> &str {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn every_bidi_control_and_invisible_character_is_stripped() {
+        // Bidi_Control (UAX #9) in full, then a sample of other invisible characters.
+        let bidi = [
+            '\u{061c}', '\u{200e}', '\u{200f}', '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}',
+            '\u{202e}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}',
+        ];
+        let invisible = [
+            '\u{00ad}',
+            '\u{200b}',
+            '\u{200d}',
+            '\u{2060}',
+            '\u{2064}',
+            '\u{feff}',
+            '\u{3164}',
+            '\u{ffa0}',
+            '\u{fe0f}',
+            '\u{e0041}',
+            '\u{1d173}',
+            '\u{0600}',
+        ];
+        for c in bidi.into_iter().chain(invisible) {
+            let name = format!("inv{c}oice{c}.pdf{c}");
+            assert_eq!(
+                sanitize_display_name(&name),
+                "invoice.pdf",
+                "U+{:04X}",
+                c as u32
+            );
+            assert!(
+                check_key(&format!("docs/{c}a.txt")).is_err(),
+                "U+{:04X}",
+                c as u32
+            );
+        }
+        // Visible non-ASCII stays.
+        assert_eq!(
+            sanitize_display_name("Größe é 東京.PDF"),
+            "Größe é 東京.pdf"
+        );
+    }
 
     #[test]
     fn hostile_names_are_defused() {

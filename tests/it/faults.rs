@@ -15,15 +15,15 @@ use crate::common::{TempStore, random_bytes};
 
 /// Shared switches of the fault injector.
 #[derive(Default)]
-struct Faults {
+pub struct Faults {
     /// Bytes writes may still write before failing with ENOSPC; negative means no limit.
-    write_budget: AtomicI64,
+    pub write_budget: AtomicI64,
     /// This many upcoming syncs fail with EIO.
-    failing_syncs: AtomicU32,
+    pub failing_syncs: AtomicU32,
 }
 
 impl Faults {
-    fn new() -> Arc<Self> {
+    pub fn new() -> Arc<Self> {
         let f = Faults::default();
         f.write_budget.store(-1, Ordering::SeqCst);
         Arc::new(f)
@@ -31,9 +31,19 @@ impl Faults {
 }
 
 /// A `PackStorage` that passes everything to the real one unless a fault is armed.
-struct FaultyStorage {
+pub struct FaultyStorage {
     inner: FsPackStorage,
     faults: Arc<Faults>,
+}
+
+impl FaultyStorage {
+    /// The real storage of the store in `dir`, behind `faults`.
+    pub fn new(dir: &std::path::Path, faults: Arc<Faults>) -> Self {
+        FaultyStorage {
+            inner: FsPackStorage::new(dir.join("packs")).unwrap(),
+            faults,
+        }
+    }
 }
 
 struct FaultyFile {
@@ -110,10 +120,7 @@ impl PackFile for FaultyFile {
 
 fn open_faulty(t: &TempStore, config: Config) -> (Store, Arc<Faults>) {
     let faults = Faults::new();
-    let storage = FaultyStorage {
-        inner: FsPackStorage::new(t.path().join("packs")).unwrap(),
-        faults: faults.clone(),
-    };
+    let storage = FaultyStorage::new(&t.path(), faults.clone());
     let store = Store::open_with_storage(t.path(), config, Arc::new(storage)).unwrap();
     (store, faults)
 }

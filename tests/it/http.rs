@@ -10,6 +10,7 @@ use reqwest::blocking::{Client, RequestBuilder, Response};
 use serde_json::Value;
 use tessera::config::Settings;
 use tessera::http::Server;
+use tessera::pack::storage::PackStorage;
 use tessera::users::NewUser;
 use tessera::{Config, Store};
 
@@ -43,6 +44,16 @@ impl Service {
         tweak: impl FnOnce(&mut Settings),
         tweak_config: impl FnOnce(&mut Config),
     ) -> Service {
+        Service::with_storage(tweak, tweak_config, |_| None)
+    }
+
+    /// [`Service::with_config`] over a pack storage of the test's making (a fault injector
+    /// wrapping the real one, say), given the store's directory.
+    pub fn with_storage(
+        tweak: impl FnOnce(&mut Settings),
+        tweak_config: impl FnOnce(&mut Config),
+        storage: impl FnOnce(&std::path::Path) -> Option<Arc<dyn PackStorage>>,
+    ) -> Service {
         let tmp = TempStore::new();
         let mut settings = Settings::default();
         settings.server.listen = "127.0.0.1:0".parse().unwrap();
@@ -53,7 +64,13 @@ impl Service {
             ..settings.store_config()
         };
         tweak_config(&mut config);
-        let store = Store::create(tmp.path(), config).unwrap();
+        let store = match storage(&tmp.path()) {
+            None => Store::create(tmp.path(), config).unwrap(),
+            Some(storage) => {
+                drop(Store::create(tmp.path(), config.clone()).unwrap());
+                Store::open_with_storage(tmp.path(), config, storage).unwrap()
+            }
+        };
         let (_, admin) = store
             .user_add(
                 "root",

@@ -487,7 +487,12 @@ fn http_infected_is_422_with_the_signature_and_hidden_from_users() {
     let (status, body) = upload_one(&svc, &svc.alice, "clean.txt", b"just words\n");
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["files"][0]["file"]["scan"]["status"], "clean");
-    let h: Value = svc.get("/healthz", None).send().unwrap().json().unwrap();
+    let h: Value = svc
+        .get("/healthz", Some(&svc.admin))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(h["scanner"]["status"], "ok", "{h}");
     let st: Value = svc
         .get("/api/admin/storage/stats", Some(&svc.admin))
@@ -584,7 +589,12 @@ fn http_scanner_down_is_503_and_nothing_is_stored_fail_open_stores_unscanned() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"], "scanner_unavailable", "{body}");
     assert_eq!(counts(&svc.store.stats().unwrap()), before);
-    let h: Value = svc.get("/healthz", None).send().unwrap().json().unwrap();
+    let h: Value = svc
+        .get("/healthz", Some(&svc.admin))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
     assert_eq!(h["scanner"]["status"], "unavailable", "{h}");
     drop(svc);
 
