@@ -31,6 +31,27 @@ pub(crate) fn parse_id(raw: &str) -> ApiResult<FileId> {
     raw.parse().map_err(|_| ApiError::not_found("file"))
 }
 
+/// Looks up a [`Subject`] on the blocking pool. Whatever is missing — file, version, the
+/// original of a variant — is the one uniform "file not found", the answer a file the caller
+/// may not read gets too, so the two cannot be told apart.
+pub(crate) async fn subject(
+    state: &AppState,
+    id: FileId,
+    version: Option<u32>,
+) -> ApiResult<Subject> {
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || Subject::load(&store, id, version)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(Error::NotFound { .. })) => Err(ApiError::not_found("file")),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("worker failed: {e}"),
+        )),
+    }
+}
+
 /// The file `raw` names with its current version, if `caller` may read it. A file the
 /// caller may not read is "not found", exactly like a missing one, with or without a token.
 pub(crate) async fn readable(
@@ -39,8 +60,7 @@ pub(crate) async fn readable(
     raw: &str,
 ) -> ApiResult<Subject> {
     let id = parse_id(raw)?;
-    let store = state.store.clone();
-    let subject = blocking(move || Subject::load(&store, id, None)).await?;
+    let subject = subject(state, id, None).await?;
     if can_read(caller, &subject) {
         Ok(subject)
     } else {
@@ -56,8 +76,7 @@ pub(crate) async fn writable(
     raw: &str,
 ) -> ApiResult<FileInfo> {
     let id = parse_id(raw)?;
-    let store = state.store.clone();
-    let subject = blocking(move || Subject::load(&store, id, None)).await?;
+    let subject = subject(state, id, None).await?;
     if can_write(user, &subject.file) {
         Ok(subject.file)
     } else if can_read(Some(user), &subject) {
@@ -411,9 +430,8 @@ pub async fn get(
 ) -> ApiResult<Response> {
     let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let id = parse_id(&raw)?;
-    let store = state.store.clone();
     // One trip to the blocking pool for every lookup: small downloads are dominated by hops.
-    let subject = blocking(move || Subject::load(&store, id, p.version)).await?;
+    let subject = subject(&state, id, p.version).await?;
     if !can_read(caller.as_ref(), &subject) {
         return Err(ApiError::not_found("file"));
     }

@@ -89,10 +89,15 @@ async fn variants(
     let expires_s = state.now_s() + ttl as i64;
     let (status, subjects) = super::blocking(move || {
         let status = store.image_status_of(id, version)?;
+        // A variant gone meanwhile (its original purged under us) is left out.
         let subjects = status
             .variants
             .iter()
-            .map(|v| Subject::load(&store, v.file, Some(v.version)))
+            .map(|v| match Subject::load(&store, v.file, Some(v.version)) {
+                Ok(s) => Ok(Some(s)),
+                Err(crate::error::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            })
             .collect::<crate::error::Result<Vec<_>>>()?;
         Ok((status, subjects))
     })
@@ -101,6 +106,7 @@ async fn variants(
         .variants
         .iter()
         .zip(&subjects)
+        .filter_map(|(v, s)| Some((v, s.as_ref()?)))
         .map(|(v, s)| {
             let mut j = json!(v);
             if owner {

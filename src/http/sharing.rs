@@ -18,7 +18,7 @@ use serde_json::json;
 use super::auth::{Origin, Subject, User};
 use super::download::{self, Cache, Target};
 use super::error::{ApiError, ApiResult};
-use super::files::writable;
+use super::files::{subject, writable};
 use super::links::{FLAG_ATTACHMENT, Grant, LinkError};
 use super::{AppState, blocking};
 
@@ -64,9 +64,7 @@ pub async fn link(
 ) -> ApiResult<Response> {
     let p: LinkParams = options(&body, "link options")?;
     let file = writable(&state, &user, &raw).await?;
-    let store = state.store.clone();
-    let id = file.id;
-    let subject = blocking(move || Subject::load(&store, id, p.version)).await?;
+    let subject = subject(&state, file.id, p.version).await?;
     if !subject.servable() {
         // Deleted, quarantined or infected: no link could serve it. An owner may not know the
         // file at all in those states; an admin learns why.
@@ -163,8 +161,7 @@ pub async fn signed(
             "the link is not valid",
         ),
     })?;
-    let store = state.store.clone();
-    let subject = blocking(move || Subject::load(&store, grant.file, Some(grant.version))).await?;
+    let subject = subject(&state, grant.file, Some(grant.version)).await?;
     if !subject.servable() {
         return Err(ApiError::not_found("file"));
     }
