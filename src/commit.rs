@@ -83,7 +83,10 @@ pub(crate) enum Change {
     },
     /// Make a live file's current version public or private. Journaled as `visibility`;
     /// nothing is journaled when it already is.
-    Visibility { id: FileId, public: bool },
+    Visibility {
+        id: FileId,
+        public: bool,
+    },
     /// End every signed link of the file. Journaled as `revoke_links`.
     RevokeLinks(FileId),
 }

@@ -85,7 +85,8 @@ pub async fn link(
         .clamp(1, links.max_ttl.as_secs());
     let expires_s = state.now_s() + ttl as i64;
     let flags = if p.download { FLAG_ATTACHMENT } else { 0 };
-    let token = sign(&state, &subject, expires_s, flags).ok_or_else(|| ApiError::not_found("file"))?;
+    let token =
+        sign(&state, &subject, expires_s, flags).ok_or_else(|| ApiError::not_found("file"))?;
     let url = format!("{}/d/{token}", state.public_url);
     Ok((
         StatusCode::CREATED,
@@ -125,8 +126,11 @@ pub async fn visibility(
     Path(raw): Path<String>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let p: VisibilityParams = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("visibility: expected {{\"public\": true|false}}: {e}")))?;
+    let p: VisibilityParams = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "visibility: expected {{\"public\": true|false}}: {e}"
+        ))
+    })?;
     let file = writable(&state, &user, &raw).await?;
     if file.deleted {
         return Err(ApiError::not_found("file"));

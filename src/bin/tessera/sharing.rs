@@ -41,8 +41,7 @@ pub fn link(ctx: &Ctx, c: LinkCmd) -> CmdResult {
         ctx.ui
             .emit_json(&json!({ "id": info.id, "links_revoked": true }))?;
     } else if !ctx.ui.quiet {
-        ctx.ui
-            .print(format!("revoked every link of {}", info.id))?;
+        ctx.ui.print(format!("revoked every link of {}", info.id))?;
     }
     Ok(Status::Ok)
 }

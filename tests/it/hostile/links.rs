@@ -105,7 +105,10 @@ fn a_link_dies_when_the_file_is_made_private() {
     let (id, _) = put_version(&s, &s.alice, "r.txt", b"shared", true);
     let url = alices_link(&s, &id, json!({}));
     assert_eq!(follow(&s, &url).0, StatusCode::OK);
-    assert_eq!(set_public(&s, &s.alice, &id, false).status(), StatusCode::OK);
+    assert_eq!(
+        set_public(&s, &s.alice, &id, false).status(),
+        StatusCode::OK
+    );
     refused_as(&s, &url, StatusCode::FORBIDDEN, "link_revoked");
     // Making it public again does not revive it.
     assert_eq!(set_public(&s, &s.alice, &id, true).status(), StatusCode::OK);
@@ -136,8 +139,14 @@ fn a_link_does_not_survive_delete_and_undelete() {
     refused_as(&s, &url, StatusCode::FORBIDDEN, "link_revoked");
     // The file is back for its owner, and new links work.
     let (status, body) = fetch(&s, &format!("/api/files/{id}"), Some(&s.alice));
-    assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"private words"[..]));
-    assert_eq!(follow(&s, &alices_link(&s, &id, json!({}))).0, StatusCode::OK);
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::OK, &b"private words"[..])
+    );
+    assert_eq!(
+        follow(&s, &alices_link(&s, &id, json!({}))).0,
+        StatusCode::OK
+    );
 }
 
 #[test]
@@ -163,14 +172,24 @@ fn replaying_a_revoked_link_with_head_or_range_is_refused_too() {
     let s = Service::start();
     let (id, _) = put_version(&s, &s.alice, "r.txt", b"0123456789", false);
     let url = alices_link(&s, &id, json!({}));
-    let r = s.http.get(&url).header("range", "bytes=2-4").send().unwrap();
+    let r = s
+        .http
+        .get(&url)
+        .header("range", "bytes=2-4")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
     let etag = r.headers()["etag"].clone();
     assert_eq!(revoke(&s, &s.alice, &id).status(), StatusCode::NO_CONTENT);
     let r = s.http.head(&url).send().unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     assert!(r.headers().get("content-range").is_none());
-    let r = s.http.get(&url).header("range", "bytes=2-4").send().unwrap();
+    let r = s
+        .http
+        .get(&url)
+        .header("range", "bytes=2-4")
+        .send()
+        .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = s
         .http
@@ -178,7 +197,11 @@ fn replaying_a_revoked_link_with_head_or_range_is_refused_too() {
         .header("if-none-match", etag)
         .send()
         .unwrap();
-    assert_eq!(r.status(), StatusCode::FORBIDDEN, "a revoked link must not revalidate");
+    assert_eq!(
+        r.status(),
+        StatusCode::FORBIDDEN,
+        "a revoked link must not revalidate"
+    );
 }
 
 #[test]
@@ -206,7 +229,10 @@ fn an_admin_mints_and_revokes_like_an_owner() {
     let (id, _) = put_version(&s, &s.alice, "r.txt", b"private words", false);
     let r = mint(&s, Some(&s.admin), &id, json!({ "version": 1 }));
     assert_eq!(r.status(), StatusCode::CREATED);
-    let url = r.json::<Value>().unwrap()["url"].as_str().unwrap().to_string();
+    let url = r.json::<Value>().unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(follow(&s, &url).0, StatusCode::OK);
     // The owner's revocation ends the admin's link too.
     assert_eq!(revoke(&s, &s.alice, &id).status(), StatusCode::NO_CONTENT);
@@ -248,7 +274,10 @@ fn a_link_to_a_dropped_version_is_not_found() {
     let old = alices_link(&s, &id, json!({ "version": 1 }));
     let cur = alices_link(&s, &id, json!({ "version": 2 }));
     s.store.keep_last(1, None, false).unwrap();
-    assert!(s.store.version_info(id.parse().unwrap(), 1).is_err(), "dropped");
+    assert!(
+        s.store.version_info(id.parse().unwrap(), 1).is_err(),
+        "dropped"
+    );
     refused_as(&s, &old, StatusCode::NOT_FOUND, "not_found");
     assert_eq!(follow(&s, &cur), (StatusCode::OK, b"new".to_vec()));
 }
@@ -385,9 +414,19 @@ fn signed_link_answers_are_private_and_no_longer_than_the_link() {
     assert!(age <= 200, "{cc}");
     // A 304 says the same.
     let etag = r.headers()["etag"].clone();
-    let r = s.http.get(&url).header("if-none-match", etag).send().unwrap();
+    let r = s
+        .http
+        .get(&url)
+        .header("if-none-match", etag)
+        .send()
+        .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
-    assert!(r.headers()["cache-control"].to_str().unwrap().starts_with("private"));
+    assert!(
+        r.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .starts_with("private")
+    );
 }
 
 #[test]
@@ -397,7 +436,10 @@ fn links_to_another_users_ids_cannot_be_minted_or_revoked() {
     let (bobs, _) = put_version(&s, &s.bob, "b.txt", b"bob's", false);
     let url = alices_link(&s, &alices, json!({}));
     // bob works only on his own ids.
-    assert_eq!(mint(&s, Some(&s.bob), &bobs, json!({})).status(), StatusCode::CREATED);
+    assert_eq!(
+        mint(&s, Some(&s.bob), &bobs, json!({})).status(),
+        StatusCode::CREATED
+    );
     assert_eq!(revoke(&s, &s.bob, &bobs).status(), StatusCode::NO_CONTENT);
     assert_eq!(
         mint(&s, Some(&s.bob), &alices, json!({})).status(),
@@ -479,7 +521,12 @@ fn revocations_and_visibility_changes_survive_recover_without_the_index() {
         [a.id, b.id, c.id]
             .map(|id| {
                 let f = store.stat(id).unwrap();
-                let flags: Vec<bool> = store.versions(id).unwrap().iter().map(|v| v.public).collect();
+                let flags: Vec<bool> = store
+                    .versions(id)
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.public)
+                    .collect();
                 (f.public, f.link_epoch, flags)
             })
             .to_vec()
@@ -499,4 +546,230 @@ fn revocations_and_visibility_changes_survive_recover_without_the_index() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     let store = Store::open(t.path(), Config::default()).unwrap();
     assert_eq!(snapshot(&store), before);
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_tessera");
+
+fn tessera(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .arg("--store")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The reproductions, replayed against the real binary (`tessera serve`).
+#[test]
+fn the_reproductions_fail_against_tessera_serve() {
+    use reqwest::blocking::Client;
+    use reqwest::blocking::multipart::{Form, Part};
+    let t = TempStore::new();
+    let add = |name: &str| {
+        let out = tessera(&t.path(), &["user", "add", name]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let alice = add("alice");
+    let bob = add("bob");
+    let server = crate::http::ServeProcess::start(&t.path(), Some(alice));
+    let (url, alice) = (&server.url, &server.token);
+    let http = Client::new();
+    let put = |data: &'static [u8], public: bool| -> Value {
+        let form = Form::new()
+            .text("key", "r.txt")
+            .text("public", public.to_string())
+            .part("file", Part::bytes(data).file_name("r.txt"));
+        let r = http
+            .post(format!("{url}/api/files"))
+            .bearer_auth(alice)
+            .multipart(form)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED);
+        r.json::<Value>().unwrap()["files"][0]["file"].clone()
+    };
+    let id = put(b"v1 private", false)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    put(b"v2 public", true);
+    // Anonymous ?version=1: 404, no public caching, no bytes.
+    let r = http
+        .get(format!("{url}/api/files/{id}?version=1"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let cc = r
+        .headers()
+        .get("cache-control")
+        .map(|c| c.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    assert!(!cc.contains("public") && !cc.contains("immutable"), "{cc}");
+    assert!(!r.text().unwrap().contains("v1 private"));
+    // Anonymous /versions lists v2 only.
+    let v: Value = http
+        .get(format!("{url}/api/files/{id}/versions"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let listed: Vec<u64> = v["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, vec![2]);
+    // bob cannot mint a link to v1 (nor to v2).
+    for version in [1, 2] {
+        let r = http
+            .post(format!("{url}/api/files/{id}/link"))
+            .bearer_auth(&bob)
+            .body(json!({ "version": version }).to_string())
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+    // alice's link to the public v2 dies when she makes a later version private.
+    let r = http
+        .post(format!("{url}/api/files/{id}/link"))
+        .bearer_auth(alice)
+        .body(json!({ "version": 2 }).to_string())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let link = r.json::<Value>().unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(http.get(&link).send().unwrap().text().unwrap(), "v2 public");
+    put(b"v3 private", false);
+    let r = http.get(&link).send().unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(!r.text().unwrap().contains("v2 public"));
+    // A private file and a missing one answer alike to an anonymous caller.
+    let missing = tessera::FileId::new();
+    for path in [format!("/api/files/{id}"), format!("/api/files/{missing}")] {
+        let r = http.get(format!("{url}{path}")).send().unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+}
+
+#[test]
+fn cli_visibility_and_link_revoke_are_journaled_and_refuse_unknown_files() {
+    let t = TempStore::new();
+    let dir = t.path();
+    let src = t.dir.path().join("r.txt");
+    std::fs::write(&src, b"shared words").unwrap();
+    let out = tessera(
+        &dir,
+        &["put", src.to_str().unwrap(), "--key", "r.txt", "--public"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tessera(&dir, &["--json", "visibility", "r.txt", "private"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["public"], false);
+    let out = tessera(&dir, &["--json", "link", "revoke", "r.txt"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["links_revoked"], true);
+    // Unknown files and bad values: exit codes, nothing changes.
+    let out = tessera(&dir, &["--json", "link", "revoke", "no-such-key"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "not_found", "{v}");
+    let out = tessera(&dir, &["visibility", "r.txt", "sort-of"]);
+    assert_eq!(out.status.code(), Some(2));
+    // Journaled: the same after the index is rebuilt from the packs.
+    std::fs::remove_file(dir.join("index.redb")).unwrap();
+    let out = tessera(&dir, &["recover"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = Store::open(&dir, Config::default()).unwrap();
+    let id = store.resolve_key("local", "r.txt").unwrap();
+    let f = store.stat(id).unwrap();
+    assert!(!f.public);
+    assert_eq!(f.link_epoch, 2, "private (1) then revoked (2)");
+}
+
+#[test]
+fn a_quarantined_file_serves_no_link_and_an_infected_version_gets_none() {
+    use reqwest::blocking::multipart::{Form, Part};
+    use std::sync::Arc;
+    use tessera::scan::{FakeScanner, ScanConfig};
+    let s = Service::with_config(
+        |_| {},
+        |c| {
+            c.scan = Some(ScanConfig::new(Arc::new(FakeScanner::detecting(
+                b"EVIL",
+                "Test.Hostile",
+            ))))
+        },
+    );
+    let (id, _) = put_version(&s, &s.alice, "r.txt", b"clean v1", true);
+    let link = alices_link(&s, &id, json!({ "version": 1 }));
+    assert_eq!(follow(&s, &link).0, StatusCode::OK);
+    let form = Form::new()
+        .text("key", "r.txt")
+        .text("public", "true")
+        .part("file", Part::bytes(b"EVIL v2".to_vec()).file_name("r.txt"));
+    let r = s.upload(&s.alice, form);
+    assert_eq!(r.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let f = s.store.stat(id.parse().unwrap()).unwrap();
+    assert!(f.quarantined && f.version == 2, "stored, quarantined");
+    // The clean v1 is not served while the file is quarantined: not by link, not by id.
+    refused_as(&s, &link, StatusCode::NOT_FOUND, "not_found");
+    let (status, _) = fetch(&s, &format!("/api/files/{id}?version=1"), None);
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // No new link to anything of it: the owner is told "not found", an admin why.
+    for v in [1, 2] {
+        let r = mint(&s, Some(&s.alice), &id, json!({ "version": v }));
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        let r = mint(&s, Some(&s.admin), &id, json!({ "version": v }));
+        assert_eq!(r.status(), StatusCode::CONFLICT);
+        assert_eq!(error_of(r), "not_linkable");
+    }
+    // A clean v3 lifts the quarantine; the infected v2 still gets no link and is not served.
+    put_version(&s, &s.alice, "r.txt", b"clean v3", true);
+    let r = mint(&s, Some(&s.admin), &id, json!({ "version": 2 }));
+    assert_eq!(r.status(), StatusCode::CONFLICT);
+    for token in [None, Some(s.bob.as_str()), Some(s.alice.as_str())] {
+        let (status, body) = fetch(&s, &format!("/api/files/{id}?version=2"), token);
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_ne!(body, b"EVIL v2");
+    }
+    let listed: Value = s
+        .get(&format!("/api/files/{id}/versions"), None)
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    let versions: Vec<u64> = listed["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, vec![1, 3]);
 }

@@ -94,7 +94,10 @@ fn anonymous_cannot_read_private_v1_via_version_param() {
     assert_eq!(error_of(r), "not_found");
     // The public v2 is served; v1 is still stored, for its owner.
     let (status, body) = fetch(&s, &format!("/api/files/{id}?version=2"), None);
-    assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"v2: published text"[..]));
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::OK, &b"v2: published text"[..])
+    );
     assert_eq!(owner_reads(&s, &id, 1), b"v1: alice's private draft");
 }
 
@@ -163,10 +166,7 @@ fn anonymous_meta_of_a_private_file_is_404_like_a_missing_one() {
         format!("/api/files/{id}?version=1"),
     ] {
         let mine = s.get(&path, None).send().unwrap();
-        let none = s
-            .get(&path.replace(&id, &missing), None)
-            .send()
-            .unwrap();
+        let none = s.get(&path.replace(&id, &missing), None).send().unwrap();
         assert_eq!(mine.status(), StatusCode::NOT_FOUND, "{path}");
         assert_eq!(none.status(), StatusCode::NOT_FOUND, "{path}");
         let (a, b): (Value, Value) = (mine.json().unwrap(), none.json().unwrap());
@@ -303,7 +303,10 @@ fn a_private_version_over_a_public_one_hides_the_older_public_version() {
     // A new public version opens itself and the versions written public, never v2.
     put_version(&s, &s.alice, "r.txt", b"published again", true);
     let (status, body) = fetch(&s, &format!("/api/files/{id}?version=1"), None);
-    assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"published"[..]));
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::OK, &b"published"[..])
+    );
     let (status, body) = fetch(&s, &format!("/api/files/{id}?version=2"), None);
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_ne!(body, b"draft, private");
@@ -323,7 +326,10 @@ fn publishing_a_file_opens_only_its_current_version() {
     put_version(&s, &s.alice, "r.txt", b"new private", false);
     assert_eq!(set_public(&s, &s.alice, &id, true).status(), StatusCode::OK);
     let (status, body) = fetch(&s, &format!("/api/files/{id}"), None);
-    assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"new private"[..]));
+    assert_eq!(
+        (status, body.as_slice()),
+        (StatusCode::OK, &b"new private"[..])
+    );
     let (status, _) = fetch(&s, &format!("/api/files/{id}?version=1"), None);
     assert_eq!(status, StatusCode::NOT_FOUND);
     let versions = s.store.versions(id.parse().unwrap()).unwrap();
@@ -386,7 +392,10 @@ fn revalidating_private_content_gets_304_only_for_its_owner() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
     let cc = r.headers()["cache-control"].to_str().unwrap().to_string();
-    assert!(cc.starts_with("private") && !cc.contains("immutable"), "{cc}");
+    assert!(
+        cc.starts_with("private") && !cc.contains("immutable"),
+        "{cc}"
+    );
     // A stranger holding the ETag learns nothing: 404, not 304, and no ETag back.
     for token in [None, Some(s.bob.as_str())] {
         let r = s
@@ -406,7 +415,10 @@ fn a_cached_public_copy_stops_revalidating_once_the_file_is_private() {
     let r = s.get(&format!("/api/files/{id}"), None).send().unwrap();
     assert_eq!(r.headers()["cache-control"], "public, no-cache");
     let etag = r.headers()["etag"].clone();
-    assert_eq!(set_public(&s, &s.alice, &id, false).status(), StatusCode::OK);
+    assert_eq!(
+        set_public(&s, &s.alice, &id, false).status(),
+        StatusCode::OK
+    );
     let r = s
         .get(&format!("/api/files/{id}"), None)
         .header("if-none-match", etag)
@@ -454,7 +466,10 @@ pub(super) fn small_png() -> Vec<u8> {
 /// Uploads an image as alice and waits for its variants; returns the image id and the
 /// variants' (id, version) as the owner's listing gives them, with their signed URLs.
 #[cfg(feature = "media")]
-pub(super) fn image_with_variants(s: &Service, public: bool) -> (String, Vec<(String, u64, String)>) {
+pub(super) fn image_with_variants(
+    s: &Service,
+    public: bool,
+) -> (String, Vec<(String, u64, String)>) {
     let form = Form::new()
         .text("public", public.to_string())
         .part("file", Part::bytes(small_png()).file_name("pic.png"));
@@ -493,7 +508,10 @@ pub(super) fn image_with_variants(s: &Service, public: bool) -> (String, Vec<(St
             return (id, vars);
         }
         assert_ne!(v["status"], "failed", "{v}");
-        assert!(std::time::Instant::now() < deadline, "variants still pending");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "variants still pending"
+        );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
@@ -544,7 +562,10 @@ fn variants_follow_their_original_when_it_goes_private() {
     let (status, _) = fetch(&s, &format!("/api/files/{vid}?version={ver}"), None);
     assert_eq!(status, StatusCode::OK);
     assert_eq!(s.http.get(link).send().unwrap().status(), StatusCode::OK);
-    assert_eq!(set_public(&s, &s.alice, &id, false).status(), StatusCode::OK);
+    assert_eq!(
+        set_public(&s, &s.alice, &id, false).status(),
+        StatusCode::OK
+    );
     for (vid, ver, link) in &variants {
         let (status, _) = fetch(&s, &format!("/api/files/{vid}?version={ver}"), None);
         assert_eq!(status, StatusCode::NOT_FOUND);
@@ -556,6 +577,10 @@ fn variants_follow_their_original_when_it_goes_private() {
         assert_eq!(error_of(r), "link_revoked");
     }
     // The variants are still stored, for alice.
-    let (status, _) = fetch(&s, &format!("/api/files/{vid}?version={ver}"), Some(&s.alice));
+    let (status, _) = fetch(
+        &s,
+        &format!("/api/files/{vid}?version={ver}"),
+        Some(&s.alice),
+    );
     assert_eq!(status, StatusCode::OK);
 }
