@@ -532,6 +532,9 @@ fn revocations_and_visibility_changes_survive_recover_without_the_index() {
             .to_vec()
     };
     let before = snapshot(&store);
+    // The index's flags now differ from the manifests' by journaled events only: verify agrees.
+    let verified = store.verify(&()).unwrap();
+    assert!(verified.is_ok(), "{:?}", verified.problems);
     assert_eq!(
         before,
         vec![
@@ -546,6 +549,8 @@ fn revocations_and_visibility_changes_survive_recover_without_the_index() {
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     let store = Store::open(t.path(), Config::default()).unwrap();
     assert_eq!(snapshot(&store), before);
+    let verified = store.verify(&()).unwrap();
+    assert!(verified.is_ok(), "{:?}", verified.problems);
 }
 
 const BIN: &str = env!("CARGO_BIN_EXE_tessera");
