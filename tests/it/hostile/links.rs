@@ -778,3 +778,62 @@ fn a_quarantined_file_serves_no_link_and_an_infected_version_gets_none() {
         .collect();
     assert_eq!(versions, vec![1, 3]);
 }
+
+/// Compaction rewrites the packs holding the sharing events; `recover` afterwards must still
+/// see them (a revoked link brought back by a GC would be as bad as one brought back by a
+/// crash).
+#[test]
+fn revocations_survive_compaction_then_recover() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicI64;
+    use std::time::Duration;
+    let t = TempStore::new();
+    let clock = Arc::new(crate::common::TestClock(AtomicI64::new(1_800_000_000_000)));
+    let config = || Config {
+        clock: clock.clone(),
+        pack_target_size: 1 << 20,
+        ..Config::default()
+    };
+    let store = Store::create(t.path(), config()).unwrap();
+    let public = |key: &str| PutOptions {
+        public: true,
+        ..PutOptions::key(key)
+    };
+    let a = store
+        .put(&b"shared once"[..], &public("a.txt"))
+        .unwrap()
+        .file
+        .id;
+    store.set_public(a, false).unwrap();
+    store.revoke_links(a).unwrap();
+    // Garbage around the events: big files, deleted and purged, so their packs get compacted.
+    for i in 0..3u64 {
+        let big = store
+            .put(
+                &crate::common::random_bytes(70 + i, 700_000)[..],
+                &PutOptions::key(format!("big{i}.bin")),
+            )
+            .unwrap()
+            .file
+            .id;
+        store.delete(big).unwrap();
+    }
+    clock.advance(Duration::from_secs(31 * 24 * 3600));
+    store
+        .purge_deleted(Duration::from_secs(30 * 24 * 3600), false)
+        .unwrap();
+    clock.advance(Duration::from_secs(2 * 3600));
+    let gc = store.gc(&tessera::GcOptions::default()).unwrap();
+    // The first pack (the file and its events, then garbage) is among those rewritten.
+    assert!(gc.packs_compacted.contains(&1), "{gc:#?}");
+    let before = store.stat(a).unwrap();
+    assert_eq!((before.public, before.link_epoch), (false, 2));
+    drop(store);
+    std::fs::remove_file(t.path().join("index.redb")).unwrap();
+    let report = tessera::recover(t.path(), &config(), &()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let store = Store::open(t.path(), config()).unwrap();
+    let after = store.stat(a).unwrap();
+    assert_eq!((after.public, after.link_epoch), (false, 2));
+    assert_eq!(store.read_all(a).unwrap(), b"shared once");
+}
