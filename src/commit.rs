@@ -1,6 +1,7 @@
 //! The commit protocol, with group commit.
 //!
-//! Every change to the index — a new version, a delete, an undelete — goes through
+//! Every change to the index — a new version, a delete, an undelete, a visibility change, a
+//! links revocation — goes through
 //! [`Committer`]. Callers queue their changes; whichever caller gets the leader lock takes the
 //! whole queue and commits it in one index transaction: for each change it decides file id and
 //! version number, appends the manifest or event record, and applies it to the transaction; then
@@ -19,7 +20,7 @@ use crossbeam_channel::{Receiver, Sender};
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, FileId};
 use crate::index::{ChunkRow, FileRecord, ImageJob, JobStatus, WriteTx};
-use crate::pack::manifest::{ChunkRef, FileEvent, Manifest, ScanStamp, VersionMeta};
+use crate::pack::manifest::{ChunkRef, FileEvent, Manifest, ScanStamp, VersionMeta, flags};
 use crate::pack::record::{self, RecordKind};
 use crate::pack::{Location, Packs};
 use crate::store::{FileInfo, Inner};
@@ -80,6 +81,14 @@ pub(crate) enum Change {
         id: FileId,
         quarantined_before: i64,
     },
+    /// Make a live file's current version public or private. Journaled as `visibility`;
+    /// nothing is journaled when it already is.
+    Visibility {
+        id: FileId,
+        public: bool,
+    },
+    /// End every signed link of the file. Journaled as `revoke_links`.
+    RevokeLinks(FileId),
 }
 
 struct Job {
@@ -376,6 +385,33 @@ fn prepare(w: &WriteTx, packs: &Packs, now: i64, change: Change) -> Result<Prepa
                 FileInfo::new(&f, &v.meta),
             ))
         }
+        Change::Visibility { id, public } => {
+            let f = w
+                .file(id)?
+                .filter(|f| f.deleted_ms.is_none())
+                .ok_or_else(|| Error::not_found(format!("file {id}")))?;
+            let v = w.version(id, f.latest)?.ok_or_else(|| {
+                Error::corrupt("index", format!("file {id} has no version {}", f.latest))
+            })?;
+            if (v.meta.flags & flags::PUBLIC != 0) == public {
+                return Ok(Prepared::Nothing(id));
+            }
+            Ok(Prepared::Event(FileEvent::Visibility {
+                file_id: id,
+                version: f.latest,
+                public,
+                at_ms: now,
+                manifest: (v.manifest.pack, v.manifest.offset),
+            }))
+        }
+        Change::RevokeLinks(id) => {
+            w.file(id)?
+                .ok_or_else(|| Error::not_found(format!("file {id}")))?;
+            Ok(Prepared::Event(FileEvent::RevokeLinks {
+                file_id: id,
+                at_ms: now,
+            }))
+        }
         Change::Scan { id, version, stamp } => {
             let v = w
                 .version(id, version)?
@@ -436,7 +472,7 @@ fn apply(
             appended.push(loc);
             let file = w
                 .apply_event(&event)?
-                .expect("delete, undelete and scan events of a present file change it");
+                .expect("the events of live changes name a present file and change it");
             current_info(w, &file)
         }
         Prepared::Removal(event, info) => {

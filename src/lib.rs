@@ -48,6 +48,7 @@ mod pipeline;
 pub mod quota;
 mod reader;
 pub mod scan;
+mod sharing;
 pub mod store;
 pub mod tier;
 pub mod upload;

@@ -284,6 +284,10 @@ pub struct FileInfo {
     pub metadata: serde_json::Value,
     /// The current version's virus scan; `None` when its category is not scanned.
     pub scan: Option<ScanStamp>,
+    /// The epoch signed links must carry to serve (see `FileRecord::link_epoch`). Not shown:
+    /// it says how often the owner revoked links, which is nobody else's business.
+    #[serde(skip)]
+    pub link_epoch: u32,
 }
 
 impl FileInfo {
@@ -313,6 +317,7 @@ impl FileInfo {
                 .or((f.flags & flags::QUARANTINED != 0).then_some(f.updated_ms)),
             metadata: v.metadata.clone(),
             scan: v.scan.clone(),
+            link_epoch: f.link_epoch,
         }
     }
 }
@@ -329,6 +334,9 @@ pub struct VersionInfo {
     pub created_ms: i64,
     pub restored_from: Option<u32>,
     pub current: bool,
+    /// This version was written public (or made public while current). Others may read it
+    /// only while the current version is public too (docs/design.md "Visibility").
+    pub public: bool,
     /// This version's virus scan (an infected version is never served to users, even when a
     /// later clean version lifted the file's quarantine).
     pub scan: Option<ScanStamp>,
@@ -353,6 +361,7 @@ impl VersionInfo {
             created_ms: v.created_ms,
             restored_from: v.restored_from,
             current: v.version == latest,
+            public: v.flags & flags::PUBLIC != 0,
             scan: v.scan,
         }
     }

@@ -19,11 +19,13 @@ const SMALL: u64 = 256 * 1024;
 /// How a response may be cached.
 #[derive(Debug, Clone, Copy)]
 pub enum Cache {
-    /// A public file at a version-pinned URL: its bytes can never change.
+    /// A version open to all at a version-pinned URL: its bytes can never change.
     Immutable,
-    /// A public file at its current-version URL: cache, but revalidate (ETag → 304).
+    /// A version open to all at its current-version URL: cache, but revalidate (ETag → 304),
+    /// so a file made private or deleted stops being served from caches at once.
     Public,
-    /// A private file read with a token.
+    /// Content only its owner and admins may read, read with their token: never stored by a
+    /// shared cache, revalidated before every reuse (304s carry this header too).
     Private,
     /// A signed link: private, and not cached longer than the link lives; `immutable` when
     /// the version's bytes can never change under the link (image variants).
@@ -46,6 +48,16 @@ impl Cache {
             .unwrap(),
         }
     }
+}
+
+/// Marks a response of a route whose answer depends on the caller's token (the owner reads a
+/// private version, anyone else gets 404; `/versions` lists more to the owner): a cache must
+/// not hand one caller's answer to another. Errors included, so a cached anonymous 404 is
+/// never an owner's answer.
+pub async fn vary_by_caller(mut r: Response) -> Response {
+    r.headers_mut()
+        .append(header::VARY, HeaderValue::from_static("Authorization"));
+    r
 }
 
 /// One version to serve, already authorised.

@@ -13,11 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::auth::{Admin, Caller, User, can_read, can_write};
+use super::auth::{Admin, Caller, Subject, User, can_read, can_write};
 use super::bridge::{ChannelReader, QUEUE};
 use super::download::{self, Cache, Target};
 use super::error::{ApiError, ApiResult};
-use super::links::{FLAG_ATTACHMENT, Grant, LinkError};
 use super::{AppState, blocking, metrics};
 use crate::error::Error;
 use crate::id::FileId;
@@ -28,36 +27,59 @@ use crate::store::{FileInfo, ListQuery, PutOptions};
 const MAX_TEXT_FIELD: usize = 4096;
 
 /// A path id that does not parse names no file: 404, like any unknown id.
-fn parse_id(raw: &str) -> ApiResult<FileId> {
+pub(crate) fn parse_id(raw: &str) -> ApiResult<FileId> {
     raw.parse().map_err(|_| ApiError::not_found("file"))
 }
 
-/// The file `raw` names, if `caller` may read it; another user's private file is "not found".
+/// Looks up a [`Subject`] on the blocking pool. Whatever is missing — file, version, the
+/// original of a variant — is the one uniform "file not found", the answer a file the caller
+/// may not read gets too, so the two cannot be told apart.
+pub(crate) async fn subject(
+    state: &AppState,
+    id: FileId,
+    version: Option<u32>,
+) -> ApiResult<Subject> {
+    let store = state.store.clone();
+    match tokio::task::spawn_blocking(move || Subject::load(&store, id, version)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(Error::NotFound { .. })) => Err(ApiError::not_found("file")),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("worker failed: {e}"),
+        )),
+    }
+}
+
+/// The file `raw` names with its current version, if `caller` may read it. A file the
+/// caller may not read is "not found", exactly like a missing one, with or without a token.
 pub(crate) async fn readable(
     state: &AppState,
     caller: Option<&UserRecord>,
     raw: &str,
-) -> ApiResult<FileInfo> {
+) -> ApiResult<Subject> {
     let id = parse_id(raw)?;
-    let store = state.store.clone();
-    let file = blocking(move || store.stat(id)).await?;
-    if can_read(caller, &file) {
-        Ok(file)
-    } else if caller.is_none() {
-        Err(ApiError::unauthorized())
+    let subject = subject(state, id, None).await?;
+    if can_read(caller, &subject) {
+        Ok(subject)
     } else {
         Err(ApiError::not_found("file"))
     }
 }
 
-/// The file `raw` names, if `user` may change it.
-async fn writable(state: &AppState, user: &UserRecord, raw: &str) -> ApiResult<FileInfo> {
+/// The file `raw` names, if `user` may change it: another user's file is 404, or 403 when the
+/// user may read it (it is public, so its existence is no secret).
+pub(crate) async fn writable(
+    state: &AppState,
+    user: &UserRecord,
+    raw: &str,
+) -> ApiResult<FileInfo> {
     let id = parse_id(raw)?;
-    let store = state.store.clone();
-    let file = blocking(move || store.stat(id)).await?;
-    if can_write(user, &file) {
-        Ok(file)
-    } else if can_read(Some(user), &file) {
+    let subject = subject(state, id, None).await?;
+    if can_write(user, &subject.file) {
+        Ok(subject.file)
+    } else if can_read(Some(user), &subject) {
         Err(ApiError::forbidden(
             "only the owner or an admin may change this file",
         ))
@@ -417,25 +439,14 @@ pub async fn get(
 ) -> ApiResult<Response> {
     let Query(p) = params.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let id = parse_id(&raw)?;
-    let store = state.store.clone();
-    // One trip to the blocking pool for both lookups: small downloads are dominated by hops.
-    let (file, info) = blocking(move || {
-        let file = store.stat(id)?;
-        let info = store.version_info(id, p.version.unwrap_or(file.version));
-        Ok((file, info))
-    })
-    .await?;
-    if !can_read(caller.as_ref(), &file) {
-        return Err(match caller {
-            None => ApiError::unauthorized(),
-            Some(_) => ApiError::not_found("file"),
-        });
-    }
-    let info = info?;
-    if info.infected() && !caller.as_ref().is_some_and(|u| u.admin) {
+    // One trip to the blocking pool for every lookup: small downloads are dominated by hops.
+    let subject = subject(&state, id, p.version).await?;
+    if !can_read(caller.as_ref(), &subject) {
         return Err(ApiError::not_found("file"));
     }
-    let cache = match (file.public, p.version.is_some()) {
+    // Only content anyone may read is cacheable by shared caches; what the caller reads as
+    // owner or admin is private, 304s included (they carry the same header).
+    let cache = match (subject.open_to_all(), p.version.is_some()) {
         (true, true) => Cache::Immutable,
         (true, false) => Cache::Public,
         _ => Cache::Private,
@@ -446,7 +457,7 @@ pub async fn get(
         &headers,
         Target {
             file: id,
-            version: info,
+            version: subject.version,
             cache,
             attachment: p.download,
         },
@@ -460,19 +471,25 @@ pub async fn meta(
     Caller(caller): Caller,
     Path(raw): Path<String>,
 ) -> ApiResult<Response> {
-    Ok(Json(readable(&state, caller.as_ref(), &raw).await?).into_response())
+    Ok(Json(readable(&state, caller.as_ref(), &raw).await?.file).into_response())
 }
 
-/// `GET /api/files/{id}/versions`.
+/// `GET /api/files/{id}/versions`: every version for the owner and admins; for anyone else
+/// only the versions they may read.
 pub async fn versions(
     State(state): State<AppState>,
     Caller(caller): Caller,
     Path(raw): Path<String>,
 ) -> ApiResult<Response> {
-    let file = readable(&state, caller.as_ref(), &raw).await?;
+    let subject = readable(&state, caller.as_ref(), &raw).await?;
     let store = state.store.clone();
-    let versions = blocking(move || store.versions(file.id)).await?;
-    Ok(Json(json!({ "id": file.id, "versions": versions })).into_response())
+    let id = subject.file.id;
+    let versions = blocking(move || store.versions(id)).await?;
+    let versions: Vec<_> = versions
+        .into_iter()
+        .filter(|v| can_read(caller.as_ref(), &subject.with_version(v.clone())))
+        .collect();
+    Ok(Json(json!({ "id": id, "versions": versions })).into_response())
 }
 
 /// `DELETE /api/files/{id}`: a soft delete, undone by `POST .../undelete` until purged.
@@ -506,104 +523,6 @@ pub async fn undelete(
     let store = state.store.clone();
     let file = blocking(move || store.undelete(id)).await?;
     Ok(Json(file).into_response())
-}
-
-#[derive(Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct LinkParams {
-    /// Life of the link in seconds (default from configuration, capped by `max_ttl`).
-    ttl: Option<u64>,
-    /// Pin a version; default the current one.
-    version: Option<u32>,
-    /// Serve as an attachment.
-    download: bool,
-}
-
-/// `POST /api/files/{id}/link`: a signed URL that serves this version without a token until
-/// it expires.
-pub async fn link(
-    State(state): State<AppState>,
-    User(user): User,
-    Path(raw): Path<String>,
-    body: Bytes,
-) -> ApiResult<Response> {
-    let p: LinkParams = if body.iter().all(u8::is_ascii_whitespace) {
-        LinkParams::default()
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("link options: {e}")))?
-    };
-    let file = readable(&state, Some(&user), &raw).await?;
-    let version = p.version.unwrap_or(file.version);
-    let store = state.store.clone();
-    let id = file.id;
-    blocking(move || store.version_info(id, version)).await?;
-    let links = &state.settings.links;
-    let ttl = p
-        .ttl
-        .unwrap_or(links.default_ttl.as_secs())
-        .clamp(1, links.max_ttl.as_secs());
-    let expires_s = state.now_s() + ttl as i64;
-    let token = state.signer.sign(&Grant {
-        file: id,
-        version,
-        expires_s,
-        flags: if p.download { FLAG_ATTACHMENT } else { 0 },
-    });
-    let url = format!("{}/d/{token}", state.public_url);
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "url": url, "expires_at": expires_s, "version": version })),
-    )
-        .into_response())
-}
-
-/// `GET`/`HEAD /d/{token}`: a signed link, no bearer token needed.
-pub async fn signed(
-    State(state): State<AppState>,
-    Path(token): Path<String>,
-    method: Method,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    let now = state.now_s();
-    let grant = state.signer.verify(&token, now).map_err(|e| match e {
-        LinkError::Expired => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "link_expired",
-            "the link has expired",
-        ),
-        _ => ApiError::new(
-            StatusCode::FORBIDDEN,
-            "link_invalid",
-            "the link is not valid",
-        ),
-    })?;
-    let store = state.store.clone();
-    let (file, info) = blocking(move || {
-        let file = store.stat(grant.file)?;
-        let info = store.version_info(grant.file, grant.version)?;
-        Ok((file, info))
-    })
-    .await?;
-    if file.deleted || file.quarantined || info.infected() {
-        return Err(ApiError::not_found("file"));
-    }
-    download::serve(
-        &state,
-        &method,
-        &headers,
-        Target {
-            file: file.id,
-            version: info,
-            cache: Cache::Signed {
-                max_age_s: (grant.expires_s - now).max(0) as u64,
-                // A variant's bytes at a pinned version never change (see media).
-                immutable: file.metadata.get("variant_of").is_some(),
-            },
-            attachment: grant.flags & FLAG_ATTACHMENT != 0,
-        },
-    )
-    .await
 }
 
 /// `GET /api/admin/storage/stats`.

@@ -12,10 +12,10 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use super::AppState;
-use super::auth::User;
+use super::auth::{Subject, User, can_write};
 use super::error::{ApiError, ApiResult};
 use super::files::{self, UploadKind};
-use super::links::Grant;
+use super::sharing::sign;
 use crate::media::ImageOptions;
 
 pub fn routes() -> Router<AppState> {
@@ -73,31 +73,53 @@ async fn upload(
 }
 
 /// `GET /api/images/{id}/variants`: the current version's processing status and its
-/// variants, each with a signed link pinned to its version.
+/// variants. The owner and admins get a signed link per variant, pinned to its version (links
+/// only they may mint); anyone else who may read the image gets each variant's plain URL
+/// (`/api/files/{variant}?version=N`), which serves under the original's rule.
 async fn variants(
     State(state): State<AppState>,
     User(user): User,
     Path(raw): Path<String>,
 ) -> ApiResult<Response> {
-    let file = files::readable(&state, Some(&user), &raw).await?;
+    let image = files::readable(&state, Some(&user), &raw).await?;
     let store = state.store.clone();
-    let (id, version) = (file.id, file.version);
-    let status = super::blocking(move || store.image_status_of(id, version)).await?;
+    let (id, version) = (image.file.id, image.file.version);
+    let owner = can_write(&user, &image.file);
     let ttl = state.settings.links.default_ttl.as_secs();
     let expires_s = state.now_s() + ttl as i64;
+    let (status, subjects) = super::blocking(move || {
+        let status = store.image_status_of(id, version)?;
+        // A variant gone meanwhile (its original purged under us) is left out.
+        let subjects = status
+            .variants
+            .iter()
+            .map(|v| match Subject::load(&store, v.file, Some(v.version)) {
+                Ok(s) => Ok(Some(s)),
+                Err(crate::error::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            })
+            .collect::<crate::error::Result<Vec<_>>>()?;
+        Ok((status, subjects))
+    })
+    .await?;
     let variants: Vec<_> = status
         .variants
         .iter()
-        .map(|v| {
-            let token = state.signer.sign(&Grant {
-                file: v.file,
-                version: v.version,
-                expires_s,
-                flags: 0,
-            });
+        .zip(&subjects)
+        .filter_map(|(v, s)| Some((v, s.as_ref()?)))
+        .map(|(v, s)| {
             let mut j = json!(v);
-            j["url"] = json!(format!("{}/d/{token}", state.public_url));
-            j["expires_at"] = json!(expires_s);
+            if owner {
+                if let Some(token) = sign(&state, s, expires_s, 0) {
+                    j["url"] = json!(format!("{}/d/{token}", state.public_url));
+                    j["expires_at"] = json!(expires_s);
+                }
+            } else {
+                j["url"] = json!(format!(
+                    "{}/api/files/{}?version={}",
+                    state.public_url, v.file, v.version
+                ));
+            }
             j
         })
         .collect();

@@ -17,6 +17,7 @@ pub mod links;
 pub mod maintenance;
 mod metrics;
 mod quota;
+mod sharing;
 pub mod tus;
 
 use std::future::Future;
@@ -27,7 +28,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{any, get, post};
+use axum::routing::{any, delete, get, post};
 use tokio::net::TcpListener;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -86,12 +87,26 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::disable())
                 .get(files::list),
         )
-        .route("/api/files/{id}", get(files::get).delete(files::delete))
-        .route("/api/files/{id}/meta", get(files::meta))
-        .route("/api/files/{id}/versions", get(files::versions))
+        // One URL, answers that differ by caller (owner, admin, anyone): `Vary: Authorization`.
+        .route(
+            "/api/files/{id}",
+            get(files::get)
+                .delete(files::delete)
+                .layer(axum::middleware::map_response(download::vary_by_caller)),
+        )
+        .route(
+            "/api/files/{id}/meta",
+            get(files::meta).layer(axum::middleware::map_response(download::vary_by_caller)),
+        )
+        .route(
+            "/api/files/{id}/versions",
+            get(files::versions).layer(axum::middleware::map_response(download::vary_by_caller)),
+        )
         .route("/api/files/{id}/undelete", post(files::undelete))
-        .route("/api/files/{id}/link", post(files::link))
-        .route("/d/{token}", get(files::signed))
+        .route("/api/files/{id}/link", post(sharing::link))
+        .route("/api/files/{id}/links", delete(sharing::revoke))
+        .route("/api/files/{id}/visibility", post(sharing::visibility))
+        .route("/d/{token}", get(sharing::signed))
         .merge(image_routes())
         // tus: one handler per path, which applies X-HTTP-Method-Override itself.
         .route(

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::id::{ChunkId, FileId};
+use crate::pack::manifest::flags::PUBLIC;
 use crate::pack::manifest::{
     ChunkRef, FileEvent, VersionMeta, decode_chunk_list, encode_chunk_list,
 };
@@ -69,6 +70,13 @@ pub struct FileRecord {
     /// current version's time stands in.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantined_ms: Option<i64>,
+    /// Signed links carry the epoch they were minted in and serve only while it is still this
+    /// one. It moves on (never back) with a `revoke_links` event, a delete (so an undelete
+    /// brings no link back), and every change of the current version from public to private
+    /// (a private version over a public one, or a `visibility` event). Derived from the
+    /// journal alone, so `recover` rebuilds it; 0 in indexes older than links revocation.
+    #[serde(default)]
+    pub link_epoch: u32,
 }
 
 /// One version of a file.
@@ -671,6 +679,10 @@ impl WriteTx {
                     )));
                 }
                 old_content = self.version(f.id, f.latest)?.map(|v| v.meta.blake3);
+                if f.flags & PUBLIC != 0 && meta.flags & PUBLIC == 0 {
+                    // Public to private: links minted while the file was public die with it.
+                    f.link_epoch = f.link_epoch.wrapping_add(1);
+                }
                 f.latest = meta.version;
                 f.updated_ms = meta.created_ms;
                 f.accessed_ms = f.accessed_ms.max(meta.created_ms);
@@ -700,6 +712,7 @@ impl WriteTx {
                     latest: meta.version,
                     deleted_ms: None,
                     quarantined_ms: quarantined_since(meta),
+                    link_epoch: 0,
                 };
                 (f, true)
             }
@@ -733,11 +746,26 @@ impl WriteTx {
         Ok((file, missing))
     }
 
-    /// Applies a file event (delete, undelete). Returns the updated file; revocations are
+    /// Applies a file event (delete, undelete, ...). Returns the updated file; revocations are
     /// handled by the replayer and ignored here.
     pub fn apply_event(&mut self, event: &FileEvent) -> Result<Option<FileRecord>> {
         let (id, deleted) = match *event {
             FileEvent::Delete { file_id, at_ms } => (file_id, Some(at_ms)),
+            FileEvent::Visibility {
+                file_id,
+                version,
+                public,
+                ..
+            } => return self.set_visibility(file_id, version, public),
+            FileEvent::RevokeLinks { file_id, .. } => {
+                // A replayed revocation of a file purged since changes nothing.
+                let Some(mut f) = self.file(file_id)? else {
+                    return Ok(None);
+                };
+                f.link_epoch = f.link_epoch.wrapping_add(1);
+                self.update_file(&f)?;
+                return Ok(Some(f));
+            }
             FileEvent::Undelete { file_id, .. } => (file_id, None),
             FileEvent::Revoke { .. } => return Ok(None),
             FileEvent::Purge { file_id, at_ms, .. } => {
@@ -766,9 +794,59 @@ impl WriteTx {
         let mut f = self
             .file(id)?
             .ok_or_else(|| Error::not_found(format!("file {id}")))?;
+        if deleted.is_some() && f.deleted_ms.is_none() {
+            // A delete ends every link, and an undelete must not bring them back.
+            f.link_epoch = f.link_epoch.wrapping_add(1);
+        }
         f.deleted_ms = deleted;
         self.update_file(&f)?;
         Ok(Some(f))
+    }
+
+    /// Sets or clears `PUBLIC` on one version (a `visibility` event). When it is the current
+    /// version the file's flags follow, and going private moves the link epoch on. A file or
+    /// version that is gone (a replayed event of something purged or dropped since) changes
+    /// what is left: nothing, or only the file.
+    fn set_visibility(
+        &mut self,
+        file: FileId,
+        version: u32,
+        public: bool,
+    ) -> Result<Option<FileRecord>> {
+        let Some(mut f) = self.file(file)? else {
+            return Ok(None);
+        };
+        let with = |flags: u32| {
+            if public {
+                flags | PUBLIC
+            } else {
+                flags & !PUBLIC
+            }
+        };
+        if let Some(mut v) = self.version(file, version)? {
+            v.meta.flags = with(v.meta.flags);
+            self.put_version_record(&v)?;
+        }
+        if version == f.latest {
+            if f.flags & PUBLIC != 0 && !public {
+                f.link_epoch = f.link_epoch.wrapping_add(1);
+            }
+            f.flags = with(f.flags);
+            self.update_file(&f)?;
+        }
+        Ok(Some(f))
+    }
+
+    /// Rewrites a version's record in place (its metadata changed: a rescan, a visibility
+    /// change). The chunk list and counters stay.
+    fn put_version_record(&mut self, v: &VersionRecord) -> Result<()> {
+        let json = serde_json::to_vec(v).expect("version record serialises");
+        self.tx
+            .open_table(VERSIONS)
+            .map_err(ix("opening versions"))?
+            .insert((v.meta.file_id.0, v.meta.version), json.as_slice())
+            .map_err(ix("writing a version"))?;
+        Ok(())
     }
 
     /// Replaces a version's scan verdict (a rescan). The file's quarantine follows its current

@@ -772,5 +772,11 @@ fn live_event(w: &WriteTx, inner: &Inner, id: u32, plain: &[u8]) -> Result<bool>
             manifest,
             ..
         } => w.version(file_id, version)?.is_some() || exists(manifest.0),
+        // The file's link epoch (and the version's flag) still depend on it; replay needs it
+        // after the version's manifest while that can still be read.
+        FileEvent::Visibility {
+            file_id, manifest, ..
+        } => w.file(file_id)?.is_some() || exists(manifest.0),
+        FileEvent::RevokeLinks { file_id, .. } => w.file(file_id)?.is_some(),
     })
 }

@@ -250,8 +250,9 @@ impl Store {
             let manifest_ok = match seen.get(&(v.manifest.pack, v.manifest.offset)) {
                 Some(Seen::Ok { kind: RecordKind::Manifest | RecordKind::Moved, .. }) => match inner.packs.read(v.manifest) {
                     Ok((h, plain)) => match manifest_payload(h.kind, &plain).and_then(Manifest::decode) {
-                        // A rescan's event may have replaced the verdict since the manifest.
-                        Ok(m) if same_but_scan(&m.meta, &v.meta) && m.chunks == chunks => Ok(()),
+                        // Events (a rescan, a visibility change) may have changed the index's
+                        // copy since the manifest.
+                        Ok(m) if same_but_events(&m.meta, &v.meta) && m.chunks == chunks => Ok(()),
                         Ok(_) => Err("the manifest disagrees with the index".to_string()),
                         Err(e) => Err(e),
                     },
@@ -357,15 +358,14 @@ fn manifest_payload(kind: RecordKind, plain: &[u8]) -> std::result::Result<&[u8]
     }
 }
 
-/// Manifest and index agree on a version, except for the scan verdict, which a later `scan`
-/// event (a rescan) replaces in the index only.
-fn same_but_scan(manifest: &VersionMeta, index: &VersionMeta) -> bool {
-    manifest.scan == index.scan
-        || (VersionMeta {
-            scan: None,
-            ..manifest.clone()
-        }) == VersionMeta {
-            scan: None,
-            ..index.clone()
-        }
+/// Manifest and index agree on a version, except for what events change in the index only:
+/// the scan verdict (a `scan` event, a rescan) and the `PUBLIC` flag (a `visibility` event).
+fn same_but_events(manifest: &VersionMeta, index: &VersionMeta) -> bool {
+    use crate::pack::manifest::flags::PUBLIC;
+    let base = |m: &VersionMeta| VersionMeta {
+        scan: None,
+        flags: m.flags & !PUBLIC,
+        ..m.clone()
+    };
+    base(manifest) == base(index)
 }

@@ -183,6 +183,21 @@ pub enum FileEvent {
         manifest: (u32, u64),
         scan: ScanStamp,
     },
+    /// The owner (or an admin) made the file's current version public or private
+    /// (`Store::set_public`). Only that version's `PUBLIC` flag changes; older versions keep
+    /// theirs, and the read rule (docs/design.md "Visibility") hides them all while the current
+    /// version is private. Making it private also revokes the file's links (its link epoch
+    /// moves on). `manifest` is the original position of the version's manifest.
+    Visibility {
+        file_id: FileId,
+        version: u32,
+        public: bool,
+        at_ms: i64,
+        manifest: (u32, u64),
+    },
+    /// Every signed link of the file minted so far stops working: its link epoch moves on
+    /// (`Store::revoke_links`). Journaled so that `recover` does not bring revoked links back.
+    RevokeLinks { file_id: FileId, at_ms: i64 },
 }
 
 impl FileEvent {
@@ -279,6 +294,19 @@ mod tests {
             scan: ScanStamp::Infected {
                 signature: "Win.Test.EICAR_HDB-1".into(),
             },
+        };
+        assert_eq!(FileEvent::decode(&e.encode()).unwrap(), e);
+        let e = FileEvent::Visibility {
+            file_id: FileId::new(),
+            version: 2,
+            public: false,
+            at_ms: 11,
+            manifest: (1, 512),
+        };
+        assert_eq!(FileEvent::decode(&e.encode()).unwrap(), e);
+        let e = FileEvent::RevokeLinks {
+            file_id: FileId::new(),
+            at_ms: 12,
         };
         assert_eq!(FileEvent::decode(&e.encode()).unwrap(), e);
     }

@@ -491,9 +491,10 @@ fn tokens_and_ownership_are_enforced() {
     let id = s.put(&s.alice, "secret.txt", b"alice only");
     let path = format!("/api/files/{id}");
 
+    // Without a token a private file is not found, like a missing one; a wrong token is 401.
     let r = s.get(&path, None).send().unwrap();
-    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(error_code(r), "unauthorized");
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(error_code(r), "not_found");
     let r = s.get(&path, Some("tsr_not-a-real-token")).send().unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
     let r = s.get("/api/files", None).send().unwrap();

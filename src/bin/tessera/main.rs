@@ -19,6 +19,7 @@ mod report;
 mod scan;
 #[cfg(feature = "server")]
 mod serve;
+mod sharing;
 mod stress;
 mod tier;
 mod ui;
@@ -109,6 +110,11 @@ enum Cmd {
     Versions(Target),
     /// Make an old version current again, as a new version.
     Restore(RestoreArgs),
+    /// Make a file's current version public or private.
+    Visibility(sharing::VisibilityArgs),
+    /// Signed links of the HTTP service: `link revoke ID|KEY` ends every link of a file.
+    #[command(subcommand)]
+    Link(sharing::LinkCmd),
     /// Store-wide figures: sizes, dedup and compression ratios.
     Stats,
     /// Re-read and re-hash everything; exit 3 when anything is damaged.
@@ -263,10 +269,10 @@ enum QuarantineCmd {
 }
 
 #[derive(Debug, Args)]
-struct Target {
+pub struct Target {
     /// File id or key.
     #[arg(value_name = "ID|KEY")]
-    target: String,
+    pub target: String,
 }
 
 #[derive(Debug, Args)]
@@ -356,6 +362,8 @@ fn main() -> ExitCode {
         Cmd::Undelete(a) => files::rm(&ctx, a, true),
         Cmd::Versions(a) => files::versions(&ctx, a),
         Cmd::Restore(a) => files::restore(&ctx, a),
+        Cmd::Visibility(a) => sharing::visibility(&ctx, a),
+        Cmd::Link(c) => sharing::link(&ctx, c),
         Cmd::Stats => admin::stats(&ctx),
         Cmd::Verify(a) => admin::verify(&ctx, &a),
         Cmd::Gc(args) => admin::gc(&ctx, &args),
