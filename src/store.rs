@@ -1297,9 +1297,13 @@ impl Store {
         drop(r);
         let mut meta = old.meta;
         meta.restored_from = Some(version);
-        // The file keeps its flags, except that quarantine follows the content: restoring an
-        // infected version quarantines the file, restoring a clean one lifts it.
-        meta.flags = f.flags & !flags::QUARANTINED;
+        // The file keeps its flags, except that quarantine follows the content (restoring an
+        // infected version quarantines the file, restoring a clean one lifts it), and the new
+        // version is public only when both the file and the restored version are: a restore
+        // never publishes content that was written private (restoring it onto a public file
+        // makes the file private, which revokes its links).
+        let public = f.flags & meta.flags & flags::PUBLIC;
+        meta.flags = (f.flags & !flags::QUARANTINED & !flags::PUBLIC) | public;
         if let Some(ScanStamp::Infected { .. }) = &meta.scan {
             meta.flags |= flags::QUARANTINED;
         }

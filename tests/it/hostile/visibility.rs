@@ -584,3 +584,31 @@ fn variants_follow_their_original_when_it_goes_private() {
     );
     assert_eq!(status, StatusCode::OK);
 }
+
+#[test]
+fn restoring_a_private_version_onto_a_public_file_does_not_publish_it() {
+    let s = Service::start();
+    let id = private_then_public(&s);
+    // The owner restores the private draft (v1) as v3 of a public file.
+    let file: tessera::id::FileId = id.parse().unwrap();
+    let restored = s.store.restore(file, 1).unwrap();
+    assert_eq!(restored.version, 3);
+    assert!(!restored.public, "the draft's content stays private");
+    for path in [
+        format!("/api/files/{id}"),
+        format!("/api/files/{id}?version=3"),
+        format!("/api/files/{id}?version=2"),
+    ] {
+        let (status, body) = fetch(&s, &path, None);
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+        assert!(!body.windows(2).any(|w| w == b"v1"), "{path}");
+    }
+    assert_eq!(owner_reads(&s, &id, 3), b"v1: alice's private draft");
+    // Restoring the public v2 over it keeps the file private: the owner publishes explicitly.
+    let again = s.store.restore(file, 2).unwrap();
+    assert!(!again.public);
+    assert_eq!(
+        fetch(&s, &format!("/api/files/{id}"), None).0,
+        StatusCode::NOT_FOUND
+    );
+}
