@@ -845,6 +845,10 @@ impl Store {
             }),
         };
         crate::quota::load_sessions(&store.inner)?;
+        if !read_only {
+            // Stores made before accounts were journaled: journal them now, once.
+            crate::users::journal_existing_accounts(&store.inner);
+        }
         Ok(store)
     }
 

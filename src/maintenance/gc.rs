@@ -525,6 +525,8 @@ fn compact_pack(inner: &Inner, id: u32, batch: usize, report: &mut GcReport) -> 
         return Ok(());
     }
     let mut moves: Vec<(Live, Location, Location)> = Vec::new();
+    // Account events are not copied: one snapshot of the accounts replaces them (below).
+    let mut accounts = false;
     let mut plain = Vec::new();
     let mut wrapped = Vec::new();
     let mut rec = Vec::new();
@@ -566,13 +568,13 @@ fn compact_pack(inner: &Inner, id: u32, batch: usize, report: &mut GcReport) -> 
         let live = match header.kind {
             RecordKind::Chunk => Some(Live::Chunk(ChunkId(header.key))),
             RecordKind::Manifest => live_manifest(&w, &plain, from)?,
-            RecordKind::Event => live_event(&w, inner, id, &plain)?.then_some(Live::Event),
+            RecordKind::Event => live_event(&w, inner, id, &plain, &mut accounts)?,
             RecordKind::Moved => {
                 let m =
                     Moved::decode(&plain).map_err(|e| Error::corrupt(format!("pack {id}"), e))?;
                 match m.kind {
                     RecordKind::Manifest => live_manifest(&w, m.plain, from)?,
-                    _ => live_event(&w, inner, id, m.plain)?.then_some(Live::Event),
+                    _ => live_event(&w, inner, id, m.plain, &mut accounts)?,
                 }
             }
         };
@@ -604,6 +606,23 @@ fn compact_pack(inner: &Inner, id: u32, batch: usize, report: &mut GcReport) -> 
         report.bytes_copied += to.len as u64;
         report.records_copied += 1;
         moves.push((live, from, to));
+    }
+    if accounts {
+        // The accounts as this transaction sees them: the result of every account event
+        // committed so far, in order. Appended after every committed record (no commit
+        // interleaves: we hold the write transaction), so replay reaches it after all the
+        // events it replaces, wherever they are, and before any later one. The account events
+        // of this pack, revoked ones included, are dropped with it.
+        let plain = FileEvent::Account(w.account_snapshot(inner.config.clock.now_ms())?).encode();
+        let to = crate::commit::append(
+            inner,
+            RecordKind::Event,
+            &plain,
+            inner.compression_level(),
+        )?;
+        copied_bytes += to.len as u64;
+        report.bytes_copied += to.len as u64;
+        report.records_copied += 1;
     }
     let states = inner.packs.sync()?;
     w.set_packs(&states)?;
@@ -751,11 +770,18 @@ fn live_manifest(w: &WriteTx, plain: &[u8], at: Location) -> Result<Option<Live>
         .map(|_| Live::Manifest(file, version)))
 }
 
-/// Whether `recover` still needs an event of pack `id` once that pack is gone.
-fn live_event(w: &WriteTx, inner: &Inner, id: u32, plain: &[u8]) -> Result<bool> {
+/// Whether `recover` still needs an event of pack `id` once that pack is gone (then it is
+/// copied). Account events never are: they set `accounts`, and a snapshot replaces them.
+fn live_event(
+    w: &WriteTx,
+    inner: &Inner,
+    id: u32,
+    plain: &[u8],
+    accounts: &mut bool,
+) -> Result<Option<Live>> {
     let ev = FileEvent::decode(plain).map_err(|e| Error::corrupt(format!("pack {id}"), e))?;
     let exists = |pack: u32| pack != id && inner.packs.has(pack);
-    Ok(match ev {
+    let live = match ev {
         // The file's state still depends on it.
         FileEvent::Delete { file_id, .. } | FileEvent::Undelete { file_id, .. } => {
             w.file(file_id)?.is_some()
@@ -772,5 +798,10 @@ fn live_event(w: &WriteTx, inner: &Inner, id: u32, plain: &[u8]) -> Result<bool>
             manifest,
             ..
         } => w.version(file_id, version)?.is_some() || exists(manifest.0),
-    })
+        FileEvent::Account(_) => {
+            *accounts = true;
+            false
+        }
+    };
+    Ok(live.then_some(Live::Event))
 }
