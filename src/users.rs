@@ -192,10 +192,16 @@ fn updated(user: UserRecord) -> AccountPlan {
 /// index held, so replaying it changes nothing. A failure is logged, not fatal: the store
 /// works as before and the next open tries again.
 pub(crate) fn journal_existing_accounts(inner: &Inner) {
-    if let Err(e) = inner
-        .committer
-        .commit_account(inner, AccountChange::Snapshot)
-    {
+    // Looked up first: an open of a journaled store (nearly every open) commits nothing.
+    let done = inner.index.read().and_then(|r| r.accounts_journaled());
+    if let Ok(true) = done {
+        return;
+    }
+    if let Err(e) = done.and_then(|_| {
+        inner
+            .committer
+            .commit_account(inner, AccountChange::Snapshot)
+    }) {
         tracing::warn!(
             "could not journal the accounts of this store ({e}); `recover` would lose them \
              until a later read-write open journals them"

@@ -186,6 +186,17 @@ impl Index {
         Ok(index)
     }
 
+    /// An empty index in memory, gone when dropped (`verify` replays the account journal into
+    /// one, with the code `recover` uses, to compare it with the real index).
+    pub fn in_memory() -> Result<Self> {
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(ix("creating an index in memory"))?;
+        Ok(Index {
+            db: Db::ReadWrite(db),
+        })
+    }
+
     /// Opens an existing index and checks its format.
     pub fn open(path: &Path) -> Result<Self> {
         let db = redb::Builder::new()

@@ -399,3 +399,64 @@ fn racing_puts_never_lose_a_chunk_to_the_collector() {
         assert_eq!(&store.read_all(*id).unwrap(), &pool[*which], "file {id}");
     }
 }
+
+/// Compaction never copies account events: it writes one snapshot of the accounts instead,
+/// after every record it replaces. A pack holding a user's tokens and their revocation is
+/// rewritten and deleted; `recover` then rebuilds the accounts from the snapshot and the
+/// changes made after it, and the revoked token stays revoked.
+#[test]
+fn compaction_keeps_accounts_as_a_snapshot_and_revocations_hold() {
+    use tessera::users::NewUser;
+    let t = TempStore::new();
+    let clock = new_clock();
+    let store = Store::create(t.path(), config(&clock)).unwrap();
+    let (_, alice) = store.user_add("alice", NewUser::default()).unwrap();
+    let (_, bob_old) = store
+        .user_add(
+            "bob",
+            NewUser {
+                quota: Some(1 << 20),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    store.user_revoke_tokens("bob").unwrap();
+    let bob = store.user_new_token("bob").unwrap();
+    store.org_quota_set("acme", Some(1 << 30)).unwrap();
+    // Garbage around the account events, so their pack passes the threshold.
+    let keep = put(&store, &random_bytes(1, 100_000), "keep.bin");
+    let big = put(&store, &random_bytes(2, 800_000), "big.bin");
+    store.delete(big).unwrap();
+    clock.advance(31 * DAY);
+    store.purge_deleted(30 * DAY, false).unwrap();
+    clock.advance(2 * HOUR);
+    let report = store.gc(&GcOptions::default()).unwrap();
+    assert!(report.packs_compacted.contains(&1), "{report:#?}");
+    assert!(!t.path().join("packs/00000001.pack").exists());
+    assert_verifies(&store);
+    // After the snapshot: more changes, replayed on top of it.
+    store.user_revoke_tokens("alice").unwrap();
+    let alice_new = store.user_new_token("alice").unwrap();
+    let users = store.users().unwrap();
+    drop(store);
+
+    std::fs::remove_file(t.path().join("index.redb")).unwrap();
+    let r = tessera::recover(t.path(), &config(&clock), &()).unwrap();
+    assert!(r.problems.is_empty(), "{r:#?}");
+    assert_eq!(r.accounts, 3, "the snapshot and the two changes after it");
+    let store = Store::open(t.path(), config(&clock)).unwrap();
+    assert_eq!(store.users().unwrap(), users);
+    let who = |token: &str| store.authenticate(token).unwrap().map(|u| u.name);
+    assert_eq!(who(&bob_old), None, "revoked before the compaction");
+    assert_eq!(who(&alice), None, "revoked after the compaction");
+    assert_eq!(who(&bob).as_deref(), Some("bob"));
+    assert_eq!(who(&alice_new).as_deref(), Some("alice"));
+    assert_eq!(store.user("bob").unwrap().quota, Some(1 << 20));
+    let orgs = store.quota_orgs().unwrap();
+    assert_eq!(
+        orgs.iter().find(|o| o.org == "acme").and_then(|o| o.limit),
+        Some(1 << 30)
+    );
+    assert_eq!(store.read_all(keep).unwrap(), random_bytes(1, 100_000));
+    assert_verifies(&store);
+}
