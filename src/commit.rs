@@ -86,6 +86,8 @@ pub(crate) enum Change {
 }
 
 /// What a committed change answers.
+// One per change, moved once through a channel: boxing the file info would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Committed {
     File(FileInfo),
     Account(AccountDone),

@@ -66,16 +66,30 @@ fn token_hash(token: &str) -> [u8; 32] {
 /// it with `WriteTx::apply_account`, the code `recover` replays the journal with.
 pub(crate) enum AccountChange {
     /// A new user with its first token (by hash). `created_ms` is decided by the leader.
-    Add { user: UserRecord, token: [u8; 32] },
+    Add {
+        user: UserRecord,
+        token: [u8; 32],
+    },
     /// Admin flag, tier, organisation, quota override; the name and creation time stay.
     Update(UserRecord),
     /// The quota override set, or cleared with `None`.
-    Quota { user: String, quota: Option<u64> },
+    Quota {
+        user: String,
+        quota: Option<u64>,
+    },
     /// Another token (by hash).
-    Token { user: String, token: [u8; 32] },
+    Token {
+        user: String,
+        token: [u8; 32],
+    },
     /// Every token of the user.
-    RevokeTokens { user: String },
-    OrgLimit { org: String, limit: Option<u64> },
+    RevokeTokens {
+        user: String,
+    },
+    OrgLimit {
+        org: String,
+        limit: Option<u64>,
+    },
     /// Journal the accounts the index holds, unless it says they are journaled already.
     Snapshot,
 }

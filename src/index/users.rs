@@ -152,7 +152,11 @@ impl WriteTx {
 
     /// How many tokens `user` has.
     pub fn token_count(&self, user: &str) -> Result<usize> {
-        Ok(self.tokens()?.iter().filter(|(_, t)| t.user == user).count())
+        Ok(self
+            .tokens()?
+            .iter()
+            .filter(|(_, t)| t.user == user)
+            .count())
     }
 
     /// Removes every token of `user`; returns how many there were.

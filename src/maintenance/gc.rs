@@ -614,12 +614,8 @@ fn compact_pack(inner: &Inner, id: u32, batch: usize, report: &mut GcReport) -> 
         // events it replaces, wherever they are, and before any later one. The account events
         // of this pack, revoked ones included, are dropped with it.
         let plain = FileEvent::Account(w.account_snapshot(inner.config.clock.now_ms())?).encode();
-        let to = crate::commit::append(
-            inner,
-            RecordKind::Event,
-            &plain,
-            inner.compression_level(),
-        )?;
+        let to =
+            crate::commit::append(inner, RecordKind::Event, &plain, inner.compression_level())?;
         copied_bytes += to.len as u64;
         report.bytes_copied += to.len as u64;
         report.records_copied += 1;

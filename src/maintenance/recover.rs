@@ -71,11 +71,7 @@ pub struct RecoverReport {
 /// accounts were journaled (and not opened read-write since, which would have journaled
 /// them), it is the only place they are — replacing what the journal replay made of them.
 /// Returns whether it did (then the next read-write open journals them).
-fn carry_over_users(
-    dir: &Path,
-    w: &mut crate::index::WriteTx,
-    report: &mut RecoverReport,
-) -> bool {
+fn carry_over_users(dir: &Path, w: &mut crate::index::WriteTx, report: &mut RecoverReport) -> bool {
     let live = index_path(dir);
     if !live.exists() {
         return false;
@@ -100,9 +96,9 @@ fn carry_over_users(
     match copied {
         Ok(kept) => kept,
         Err(e) => {
-            report
-                .problems
-                .push(format!("the old index does not open ({e}): accounts come from the journal alone"));
+            report.problems.push(format!(
+                "the old index does not open ({e}): accounts come from the journal alone"
+            ));
             false
         }
     }

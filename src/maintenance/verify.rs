@@ -427,10 +427,17 @@ impl AccountJournal {
         w.commit()?;
         let rebuilt = scratch.read()?;
         let users = |r: &ReadTx| -> Result<BTreeMap<String, UserRecord>> {
-            Ok(r.users()?.into_iter().map(|u| (u.name.clone(), u)).collect())
+            Ok(r.users()?
+                .into_iter()
+                .map(|u| (u.name.clone(), u))
+                .collect())
         };
         let (indexed, journaled) = (users(r)?, users(&rebuilt)?);
-        for name in indexed.keys().chain(journaled.keys()).collect::<BTreeSet<_>>() {
+        for name in indexed
+            .keys()
+            .chain(journaled.keys())
+            .collect::<BTreeSet<_>>()
+        {
             if indexed.get(name) != journaled.get(name) {
                 problems.push(format!(
                     "user {name:?}: the index and the account journal disagree"
@@ -441,7 +448,11 @@ impl AccountJournal {
             Ok(r.tokens()?.into_iter().map(|(h, t)| (h, t.user)).collect())
         };
         let (indexed, journaled) = (tokens(r)?, tokens(&rebuilt)?);
-        for hash in indexed.keys().chain(journaled.keys()).collect::<BTreeSet<_>>() {
+        for hash in indexed
+            .keys()
+            .chain(journaled.keys())
+            .collect::<BTreeSet<_>>()
+        {
             let (a, b) = (indexed.get(hash), journaled.get(hash));
             if a != b {
                 // Named by user, never by hash.

@@ -168,11 +168,16 @@ mod tests {
             let ev = FileEvent::Account(e);
             let bytes = ev.encode();
             let text = String::from_utf8(bytes.clone()).unwrap();
-            assert!(text.starts_with("{\"op\":\"account\",\"change\":"), "{text}");
+            assert!(
+                text.starts_with("{\"op\":\"account\",\"change\":"),
+                "{text}"
+            );
             assert_eq!(FileEvent::decode(&bytes).unwrap(), ev);
         }
         // An unknown change is an error, never some other change.
-        assert!(FileEvent::decode(br#"{"op":"account","change":"user_delete","user":"a"}"#).is_err());
+        assert!(
+            FileEvent::decode(br#"{"op":"account","change":"user_delete","user":"a"}"#).is_err()
+        );
     }
 
     #[test]

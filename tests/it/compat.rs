@@ -214,7 +214,11 @@ fn store_v1_migration_cut_before_its_commit_is_redone_once() {
     // Open from that state: the tail goes, the journaling is done again.
     fs::copy(&original_index, t.path().join("index.redb")).unwrap();
     let store = Store::open(t.path(), Config::default()).unwrap();
-    assert_eq!(store.open_report().truncated.len(), 1, "the snapshot is cut");
+    assert_eq!(
+        store.open_report().truncated.len(),
+        1,
+        "the snapshot is cut"
+    );
     check_contents(&store);
     drop(store);
     fs::remove_file(t.path().join("index.redb")).unwrap();

@@ -254,7 +254,7 @@ impl AccountModel {
                             self.users.insert(
                                 user.to_string(),
                                 UserModel {
-                                    tier: (n % 2 == 0).then(|| "pro".to_string()),
+                                    tier: n.is_multiple_of(2).then(|| "pro".to_string()),
                                     org: org.clone(),
                                     quota: vec![1000 + n],
                                     tokens: vec![(what.to_string(), false)],
@@ -291,7 +291,7 @@ impl AccountModel {
                     self.maybe_users.insert(
                         user,
                         UserModel {
-                            tier: (n % 2 == 0).then(|| "pro".to_string()),
+                            tier: n.is_multiple_of(2).then(|| "pro".to_string()),
                             org: org.clone(),
                             quota: vec![1000 + n],
                             tokens: Vec::new(),
@@ -321,7 +321,11 @@ impl AccountModel {
             };
             assert!(!u.admin, "{what}: {name} became an admin");
             assert_eq!(u.tier, m.tier, "{what}: {name}'s tier");
-            assert_eq!(u.org.as_deref(), Some(m.org.as_str()), "{what}: {name}'s org");
+            assert_eq!(
+                u.org.as_deref(),
+                Some(m.org.as_str()),
+                "{what}: {name}'s org"
+            );
             assert!(
                 u.quota.is_some_and(|q| m.quota.contains(&q)),
                 "{what}: {name}'s quota {:?}, expected one of {:?}",
@@ -331,7 +335,12 @@ impl AccountModel {
             let valid: Vec<bool> = m
                 .tokens
                 .iter()
-                .map(|(t, _)| store.authenticate(t).unwrap().is_some_and(|u| &u.name == name))
+                .map(|(t, _)| {
+                    store
+                        .authenticate(t)
+                        .unwrap()
+                        .is_some_and(|u| &u.name == name)
+                })
                 .collect();
             if self.revoking.contains(name) {
                 let unrevoked: Vec<bool> = m.tokens.iter().filter(|t| !t.1).map(|_| true).collect();
@@ -348,7 +357,10 @@ impl AccountModel {
                 );
             } else {
                 for ((_, revoked), v) in m.tokens.iter().zip(&valid) {
-                    assert_eq!(*v, !revoked, "{what}: a token of {name} (revoked: {revoked})");
+                    assert_eq!(
+                        *v, !revoked,
+                        "{what}: a token of {name} (revoked: {revoked})"
+                    );
                 }
             }
         }
@@ -470,7 +482,10 @@ fn sigkill_never_loses_an_acknowledged_account_change_nor_half_applies_one() {
         let rebuilt = Store::open_read_only(copy.path().join("s"), Config::default()).unwrap();
         model.check(&rebuilt, &format!("round {round}, recovered"));
         let v = rebuilt.verify(&()).unwrap();
-        assert!(v.is_ok(), "round {round}: verify of the recovered copy: {v:#?}");
+        assert!(
+            v.is_ok(),
+            "round {round}: verify of the recovered copy: {v:#?}"
+        );
         drop(rebuilt);
 
         // Read-write: cuts what never committed, so the state settled below is the one the

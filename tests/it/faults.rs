@@ -371,9 +371,18 @@ fn a_failed_account_change_is_never_applied_nor_replayed() {
 
     let check = |store: &Store| {
         assert!(matches!(store.user("mallory"), Err(Error::NotFound { .. })));
-        let a = store.authenticate(&alice).unwrap().expect("alice's token works");
+        let a = store
+            .authenticate(&alice)
+            .unwrap()
+            .expect("alice's token works");
         assert_eq!((a.name.as_str(), a.admin, a.quota), ("alice", false, None));
-        assert!(store.quota_orgs().unwrap().iter().all(|o| o.limit.is_none()));
+        assert!(
+            store
+                .quota_orgs()
+                .unwrap()
+                .iter()
+                .all(|o| o.limit.is_none())
+        );
         assert!(store.verify(&()).unwrap().is_ok());
     };
     check(&store);
@@ -411,7 +420,11 @@ fn a_failed_account_change_is_never_applied_nor_replayed() {
     drop(store);
     std::fs::remove_file(t.path().join("index.redb")).unwrap();
     let report = tessera::recover(t.path(), &Config::default(), &()).unwrap();
-    assert_eq!((report.revoked, report.accounts), (0, 1), "a snapshot: {report:#?}");
+    assert_eq!(
+        (report.revoked, report.accounts),
+        (0, 1),
+        "a snapshot: {report:#?}"
+    );
     let store = t.open();
     check(&store);
     assert_eq!(store.authenticate(&bob).unwrap().unwrap().name, "bob");

@@ -194,7 +194,7 @@ fn account_changes(store: &Store, seed: u64, t: u32) {
                     .user_add(
                         &user,
                         tessera::users::NewUser {
-                            tier: (n % 2 == 0).then(|| "pro".to_string()),
+                            tier: n.is_multiple_of(2).then(|| "pro".to_string()),
                             org: Some(org.clone()),
                             quota: Some(1000 + n),
                             admin: false,

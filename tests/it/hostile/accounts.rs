@@ -187,10 +187,16 @@ fn quota_override_still_refuses_an_upload_after_recover() {
     s.store.quota_set("alice", Some(50_000)).unwrap();
     assert_eq!(upload(&s, &s.alice, "a.txt", 40_000).0, 201);
     let (code, error) = upload(&s, &s.alice, "b.txt", 20_000);
-    assert_eq!((code.as_u16(), error.as_deref()), (413, Some("quota_exceeded")));
+    assert_eq!(
+        (code.as_u16(), error.as_deref()),
+        (413, Some("quota_exceeded"))
+    );
     let (s, _) = lose_index_and_recover(s);
     let (code, error) = upload(&s, &s.alice, "b.txt", 20_000);
-    assert_eq!((code.as_u16(), error.as_deref()), (413, Some("quota_exceeded")));
+    assert_eq!(
+        (code.as_u16(), error.as_deref()),
+        (413, Some("quota_exceeded"))
+    );
     assert_eq!(s.file_count("alice"), 1, "only the file that fitted");
     let q: Value = s
         .get("/api/quota", Some(&s.alice))
@@ -198,7 +204,10 @@ fn quota_override_still_refuses_an_upload_after_recover() {
         .unwrap()
         .json()
         .unwrap();
-    assert_eq!((q["used"].as_u64(), q["limit"].as_u64()), (Some(40_000), Some(50_000)));
+    assert_eq!(
+        (q["used"].as_u64(), q["limit"].as_u64()),
+        (Some(40_000), Some(50_000))
+    );
 }
 
 #[test]
@@ -214,12 +223,12 @@ fn tier_limit_still_refuses_an_upload_after_recover() {
     );
     assert_eq!(upload(&s, &carol, "a.txt", 90_000).0, 201);
     let (s, _) = lose_index_and_recover(s);
-    assert_eq!(
-        s.store.user("carol").unwrap().tier.as_deref(),
-        Some("tiny")
-    );
+    assert_eq!(s.store.user("carol").unwrap().tier.as_deref(), Some("tiny"));
     let (code, error) = upload(&s, &carol, "b.txt", 20_000);
-    assert_eq!((code.as_u16(), error.as_deref()), (413, Some("quota_exceeded")));
+    assert_eq!(
+        (code.as_u16(), error.as_deref()),
+        (413, Some("quota_exceeded"))
+    );
     assert_eq!(s.file_count("carol"), 1);
 }
 
@@ -247,7 +256,10 @@ fn org_limit_still_refuses_a_member_upload_after_recover() {
     let (s, _) = lose_index_and_recover(s);
     // erin has no limit of her own: her organisation's, full of dan's file, refuses her.
     let (code, error) = upload(&s, &erin, "b.txt", 60_000);
-    assert_eq!((code.as_u16(), error.as_deref()), (413, Some("quota_exceeded")));
+    assert_eq!(
+        (code.as_u16(), error.as_deref()),
+        (413, Some("quota_exceeded"))
+    );
     assert_eq!(s.file_count("erin"), 0);
     let orgs: Value = s
         .get("/api/admin/quota/orgs", Some(&s.admin))
@@ -262,14 +274,22 @@ fn org_limit_still_refuses_a_member_upload_after_recover() {
         .find(|o| o["org"] == "acme")
         .cloned()
         .unwrap_or_else(|| panic!("{orgs}"));
-    assert_eq!((acme["used"].as_u64(), acme["limit"].as_u64()), (Some(60_000), Some(100_000)));
+    assert_eq!(
+        (acme["used"].as_u64(), acme["limit"].as_u64()),
+        (Some(60_000), Some(100_000))
+    );
 }
 
 #[test]
 fn tokens_never_appear_in_the_packs_in_clear() {
     let s = start();
     let extra = s.store.user_new_token("alice").unwrap();
-    let tokens = [s.admin.clone(), s.alice.clone(), s.bob.clone(), extra.clone()];
+    let tokens = [
+        s.admin.clone(),
+        s.alice.clone(),
+        s.bob.clone(),
+        extra.clone(),
+    ];
     let stopped = s.stop();
     let mut packs = Vec::new();
     for e in std::fs::read_dir(stopped.tmp.path().join("packs")).unwrap() {
@@ -279,7 +299,10 @@ fn tokens_never_appear_in_the_packs_in_clear() {
     for t in &tokens {
         assert!(!contains(t.as_bytes()), "a token is in the packs");
         // Nor its random part alone.
-        assert!(!contains(&t.as_bytes()[4..]), "a token's secret is in the packs");
+        assert!(
+            !contains(&t.as_bytes()[4..]),
+            "a token's secret is in the packs"
+        );
         // What is journaled is its SHA-256.
         let hash = tessera::pack::account::to_hex(&sha256(t));
         assert!(contains(hash.as_bytes()), "the token's hash is journaled");
@@ -295,8 +318,16 @@ fn journaled_token_hash_used_as_a_token_is_refused() {
     let hash = tessera::pack::account::to_hex(&sha256(&s.admin));
     let (s, _) = lose_index_and_recover(s);
     // Someone who read the packs holds the hashes; none of these forms is a token.
-    for forged in [hash.clone(), format!("tsr_{hash}"), format!("tsr_{}", &hash[..43])] {
-        assert_eq!(status(&s, "/api/admin/storage/stats", &forged), 401, "{forged}");
+    for forged in [
+        hash.clone(),
+        format!("tsr_{hash}"),
+        format!("tsr_{}", &hash[..43]),
+    ] {
+        assert_eq!(
+            status(&s, "/api/admin/storage/stats", &forged),
+            401,
+            "{forged}"
+        );
         let (code, _) = upload(&s, &forged, "x.txt", 100);
         assert_eq!(code, 401);
     }
@@ -326,7 +357,10 @@ fn revocation_survives_compaction_and_recover() {
         .unwrap();
     assert!(gc.packs_compacted.contains(&1), "{gc:#?}");
     let (s, report) = lose_index_and_recover(s);
-    assert_eq!(report.accounts, 1, "one snapshot replaced the account events");
+    assert_eq!(
+        report.accounts, 1,
+        "one snapshot replaced the account events"
+    );
     assert_eq!(status(&s, "/api/files", &old), 401);
     assert_eq!(status(&s, "/api/files", &new), 200);
     assert_eq!(s.file_count("alice"), 0, "the purged file stays purged");
