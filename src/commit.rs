@@ -511,12 +511,9 @@ fn apply_account(
             // snapshot can be large: compressed like chunks.
             if let Some(snapshot) = snapshot {
                 let plain = FileEvent::Account(snapshot).encode();
-                appended.push(append(
-                    inner,
-                    RecordKind::Event,
-                    &plain,
-                    inner.compression_level(),
-                )?);
+                let loc = append(inner, RecordKind::Event, &plain, inner.compression_level())?;
+                appended.push(loc);
+                w.set_latest_account_snapshot(loc)?;
             }
             w.set_accounts_journaled()?;
             AccountDone::default()

@@ -36,7 +36,7 @@ use schema::*;
 pub use schema::{ChunkRow, INDEX_FORMAT};
 pub use tiers::{ColdCounters, ColdPackRow};
 pub use uploads::UploadRecord;
-pub use users::{ACCOUNTS_JOURNALED, TokenRecord, UserRecord};
+pub use users::{ACCOUNTS_JOURNALED, ACCOUNTS_SNAPSHOT, TokenRecord, UserRecord};
 
 /// Maps any redb error into [`Error::Index`] naming the operation.
 fn ix<E: std::fmt::Display>(context: &'static str) -> impl FnOnce(E) -> Error {

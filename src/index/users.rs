@@ -16,12 +16,17 @@ use serde::{Deserialize, Serialize};
 use super::schema::{TOKENS, USERS};
 use super::{ReadTx, WriteTx, decode_json, ix};
 use crate::error::Result;
+use crate::pack::Location;
 use crate::pack::account::{AccountEvent, TokenEntry};
 
 pub use crate::pack::account::UserRecord;
 
 /// `meta` key, present (value `[1]`) once every account in the index is also in the journal.
 pub const ACCOUNTS_JOURNALED: &str = "accounts_journaled";
+
+/// `meta` key: where the latest account snapshot is (pack u32, offset u64, record length u32,
+/// little-endian). Account events before it are superseded by it.
+pub const ACCOUNTS_SNAPSHOT: &str = "accounts_snapshot";
 
 /// What a token hash points at.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -65,6 +70,18 @@ macro_rules! account_lookups {
                 out.push((*k.value(), decode_json(v.value(), "token record")?));
             }
             Ok(out)
+        }
+
+        /// Where the latest account snapshot is, if there is one (see [`ACCOUNTS_SNAPSHOT`]).
+        pub fn latest_account_snapshot(&self) -> Result<Option<Location>> {
+            Ok(self.meta(ACCOUNTS_SNAPSHOT)?.and_then(|b| {
+                let b: [u8; 16] = b.as_slice().try_into().ok()?;
+                Some(Location {
+                    pack: u32::from_le_bytes(b[..4].try_into().unwrap()),
+                    offset: u64::from_le_bytes(b[4..12].try_into().unwrap()),
+                    len: u32::from_le_bytes(b[12..].try_into().unwrap()),
+                })
+            }))
         }
 
         /// Whether the journal holds every account of this index (see [`ACCOUNTS_JOURNALED`]).
@@ -179,6 +196,15 @@ impl WriteTx {
     /// Marks the index as holding only journaled accounts.
     pub fn set_accounts_journaled(&mut self) -> Result<()> {
         self.set_meta(ACCOUNTS_JOURNALED, &[1])
+    }
+
+    /// Records where the latest account snapshot is.
+    pub fn set_latest_account_snapshot(&mut self, at: Location) -> Result<()> {
+        let mut b = Vec::with_capacity(16);
+        b.extend_from_slice(&at.pack.to_le_bytes());
+        b.extend_from_slice(&at.offset.to_le_bytes());
+        b.extend_from_slice(&at.len.to_le_bytes());
+        self.set_meta(ACCOUNTS_SNAPSHOT, &b)
     }
 
     /// Applies one account event: the same code for a live commit and for replay by

@@ -525,7 +525,11 @@ fn compact_pack(inner: &Inner, id: u32, batch: usize, report: &mut GcReport) -> 
         return Ok(());
     }
     let mut moves: Vec<(Live, Location, Location)> = Vec::new();
-    // Account events are not copied: one snapshot of the accounts replaces them (below).
+    // Account events are not copied: those before the latest snapshot are superseded by it,
+    // and one new snapshot replaces the others (below).
+    let latest = w
+        .latest_account_snapshot()?
+        .map_or((0, 0), |l| (l.pack, l.offset));
     let mut accounts = false;
     let mut plain = Vec::new();
     let mut wrapped = Vec::new();
@@ -568,13 +572,19 @@ fn compact_pack(inner: &Inner, id: u32, batch: usize, report: &mut GcReport) -> 
         let live = match header.kind {
             RecordKind::Chunk => Some(Live::Chunk(ChunkId(header.key))),
             RecordKind::Manifest => live_manifest(&w, &plain, from)?,
-            RecordKind::Event => live_event(&w, inner, id, &plain, &mut accounts)?,
+            RecordKind::Event => {
+                let live = live_event(&w, inner, id, &plain)?;
+                account_event(live, (id, offset as u64), latest, &mut accounts)
+            }
             RecordKind::Moved => {
                 let m =
                     Moved::decode(&plain).map_err(|e| Error::corrupt(format!("pack {id}"), e))?;
                 match m.kind {
                     RecordKind::Manifest => live_manifest(&w, m.plain, from)?,
-                    _ => live_event(&w, inner, id, m.plain, &mut accounts)?,
+                    _ => {
+                        let live = live_event(&w, inner, id, m.plain)?;
+                        account_event(live, (m.orig_pack, m.orig_offset), latest, &mut accounts)
+                    }
                 }
             }
         };
@@ -616,6 +626,14 @@ fn compact_pack(inner: &Inner, id: u32, batch: usize, report: &mut GcReport) -> 
         let plain = FileEvent::Account(w.account_snapshot(inner.config.clock.now_ms())?).encode();
         let to =
             crate::commit::append(inner, RecordKind::Event, &plain, inner.compression_level())?;
+        // The snapshot it replaces is garbage now (unless it is in this pack, going anyway).
+        if let Some(prev) = w.latest_account_snapshot()?
+            && prev.pack != id
+            && inner.packs.has(prev.pack)
+        {
+            w.add_garbage(prev.pack, prev.len as u64)?;
+        }
+        w.set_latest_account_snapshot(to)?;
         copied_bytes += to.len as u64;
         report.bytes_copied += to.len as u64;
         report.records_copied += 1;
@@ -766,15 +784,35 @@ fn live_manifest(w: &WriteTx, plain: &[u8], at: Location) -> Result<Option<Live>
         .map(|_| Live::Manifest(file, version)))
 }
 
-/// Whether `recover` still needs an event of pack `id` once that pack is gone (then it is
-/// copied). Account events never are: they set `accounts`, and a snapshot replaces them.
-fn live_event(
-    w: &WriteTx,
-    inner: &Inner,
-    id: u32,
-    plain: &[u8],
+/// What compaction does with an event.
+enum EventFate {
+    /// Copy it: `recover` still needs it once its pack is gone.
+    Keep,
+    Drop,
+    /// An account event: never copied (see [`account_event`]).
+    Account,
+}
+
+/// Account events are never copied. One at or after the latest snapshot (the snapshot
+/// itself included) sets `accounts`: a new snapshot replaces it. One before it is superseded.
+fn account_event(
+    fate: EventFate,
+    at: (u32, u64),
+    latest: (u32, u64),
     accounts: &mut bool,
-) -> Result<Option<Live>> {
+) -> Option<Live> {
+    match fate {
+        EventFate::Keep => Some(Live::Event),
+        EventFate::Drop => None,
+        EventFate::Account => {
+            *accounts |= at >= latest;
+            None
+        }
+    }
+}
+
+/// What becomes of an event of pack `id` once that pack is gone.
+fn live_event(w: &WriteTx, inner: &Inner, id: u32, plain: &[u8]) -> Result<EventFate> {
     let ev = FileEvent::decode(plain).map_err(|e| Error::corrupt(format!("pack {id}"), e))?;
     let exists = |pack: u32| pack != id && inner.packs.has(pack);
     let live = match ev {
@@ -794,10 +832,11 @@ fn live_event(
             manifest,
             ..
         } => w.version(file_id, version)?.is_some() || exists(manifest.0),
-        FileEvent::Account(_) => {
-            *accounts = true;
-            false
-        }
+        FileEvent::Account(_) => return Ok(EventFate::Account),
     };
-    Ok(live.then_some(Live::Event))
+    Ok(if live {
+        EventFate::Keep
+    } else {
+        EventFate::Drop
+    })
 }

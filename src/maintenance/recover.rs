@@ -23,6 +23,7 @@ use super::progress::Progress;
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::index::{ChunkRow, Index};
+use crate::pack::account::AccountEvent;
 use crate::pack::manifest::{FileEvent, Manifest};
 use crate::pack::record::{self, RecordKind, ScanItem};
 use crate::pack::storage::{FsPackStorage, PackStorage, sync_dir};
@@ -289,6 +290,8 @@ pub fn recover(
     ops.dedup_by_key(|(at, _, _)| *at);
     progress.start("rebuilding the index (records)", ops.len() as u64);
     let now = config.clock.now_ms();
+    // Account snapshots replayed: all but the latest are garbage, as compaction counts them.
+    let mut snapshots: Vec<Location> = Vec::new();
     for (at, loc, op) in &ops {
         progress.advance(1);
         if revoked.contains(at) {
@@ -309,7 +312,12 @@ pub fn recover(
                 }
             }
             Op::Event(FileEvent::Account(change)) => match w.apply_account(change) {
-                Ok(()) => report.accounts += 1,
+                Ok(()) => {
+                    report.accounts += 1;
+                    if matches!(change, AccountEvent::Snapshot { .. }) {
+                        snapshots.push(*loc);
+                    }
+                }
                 Err(err) => report
                     .problems
                     .push(format!("account event at {at:?}: {err}")),
@@ -360,6 +368,12 @@ pub fn recover(
     // journaled (a store made before accounts were journaled).
     if !carry_over_users(dir, &mut w, &mut report) {
         w.set_accounts_journaled()?;
+    }
+    if let Some((latest, older)) = snapshots.split_last() {
+        w.set_latest_account_snapshot(*latest)?;
+        for s in older {
+            w.add_garbage(s.pack, s.len as u64)?;
+        }
     }
     report.users = w.users()?.len() as u64;
     // Usage was rebuilt by the replay; the warning levels are set to where usage is now,

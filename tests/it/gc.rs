@@ -460,3 +460,89 @@ fn compaction_keeps_accounts_as_a_snapshot_and_revocations_hold() {
     assert_eq!(store.read_all(keep).unwrap(), random_bytes(1, 100_000));
     assert_verifies(&store);
 }
+
+/// The `pack_garbage` rows of the index, by pack.
+fn pack_garbage(store: &Store) -> BTreeMap<u32, u64> {
+    store
+        .debug_index_dump()
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.strip_prefix("pack_garbage ")?.split(' ');
+            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The journal keeps one live account snapshot: a compaction that writes a new one counts the
+/// one it replaces as garbage of its pack (here a pack full of live data that is not rewritten),
+/// and drops account events older than the latest snapshot without writing another. However
+/// many cycles of changes and compactions, `recover` replays a snapshot and the few changes
+/// after it.
+#[test]
+fn superseded_account_snapshots_are_garbage_and_the_journal_stays_small() {
+    use tessera::users::NewUser;
+    let t = TempStore::new();
+    let clock = new_clock();
+    let store = Store::create(t.path(), config(&clock)).unwrap();
+    let no_grace = GcOptions {
+        grace: Duration::ZERO,
+        ..Default::default()
+    };
+    let churn = |i: u64| {
+        let junk = put(&store, &random_bytes(100 + i, 400_000), "junk.bin");
+        store.delete(junk).unwrap();
+        store.purge_deleted(Duration::ZERO, false).unwrap();
+        store.gc(&no_grace).unwrap()
+    };
+    store.user_add("alice", NewUser::default()).unwrap();
+    let first = churn(0);
+    assert_eq!(first.packs_compacted, vec![1], "{first:#?}");
+    // The snapshot is in the active pack; live data fills it up behind it.
+    let with_snapshot: u32 = std::fs::read_dir(t.path().join("packs"))
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_suffix(".pack")?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap();
+    let keep = put(&store, &random_bytes(1, 1_500_000), "keep.bin");
+    assert!(
+        pack_garbage(&store).is_empty(),
+        "{:?}",
+        pack_garbage(&store)
+    );
+
+    for i in 1..12 {
+        store
+            .user_add(&format!("user{i}"), NewUser::default())
+            .unwrap();
+        let report = churn(i);
+        assert!(!report.packs_compacted.is_empty(), "{report:#?}");
+    }
+    let garbage = pack_garbage(&store);
+    let snapshot = garbage.get(&with_snapshot).copied().unwrap_or(0);
+    assert!(
+        snapshot > 0 && snapshot < 1000,
+        "the first snapshot, in pack {with_snapshot}, counts as garbage: {garbage:?}"
+    );
+    let users = store.users().unwrap();
+    drop(store);
+
+    std::fs::remove_file(t.path().join("index.redb")).unwrap();
+    let r = tessera::recover(t.path(), &config(&clock), &()).unwrap();
+    assert!(r.problems.is_empty(), "{r:#?}");
+    assert!(
+        r.accounts <= 2,
+        "a snapshot and at most the change after it: {r:#?}"
+    );
+    let store = Store::open(t.path(), config(&clock)).unwrap();
+    assert_eq!(store.users().unwrap(), users);
+    assert_eq!(store.read_all(keep).unwrap(), random_bytes(1, 1_500_000));
+    assert_verifies(&store);
+}
