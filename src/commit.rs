@@ -1,12 +1,13 @@
 //! The commit protocol, with group commit.
 //!
 //! Every change to the index — a new version, a delete, an undelete, a change to the accounts
-//! — goes through [`Committer`]. Callers queue their changes; whichever caller gets the leader lock takes the
-//! whole queue and commits it in one index transaction: for each change it decides file id and
-//! version number, appends the manifest or event record, and applies it to the transaction; then
-//! one `Packs::sync` makes all of it (and every chunk the changes reference) durable, and one
-//! redb commit publishes it. Each caller returns only after the commit that holds its change.
-//! So many small puts share one fsync pair without any put returning before it is durable.
+//! — goes through [`Committer`]. Callers queue their changes; whichever caller gets the leader
+//! lock takes the whole queue and commits it in one index transaction: for each change it
+//! decides file id and version number, appends the manifest or event record, and applies it to
+//! the transaction; then one `Packs::sync` makes all of it (and every chunk the changes
+//! reference) durable, and one redb commit publishes it. Each caller returns only after the
+//! commit that holds its change. So many small puts share one fsync pair without any put
+//! returning before it is durable.
 //!
 //! Manifests and events are appended only by the leader, inside the write transaction, so their
 //! order in the packs is the commit order `recover` replays.

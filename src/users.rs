@@ -182,9 +182,7 @@ pub(crate) fn plan(w: &WriteTx, now: i64, change: AccountChange) -> Result<Accou
                 AccountPlan::Nothing(AccountDone::default())
             } else {
                 let snapshot = w.account_snapshot(now)?;
-                let empty = matches!(&snapshot, AccountEvent::Snapshot { users, tokens, org_limits, .. }
-                    if users.is_empty() && tokens.is_empty() && org_limits.is_empty());
-                AccountPlan::Journal((!empty).then_some(snapshot))
+                AccountPlan::Journal((!snapshot.is_empty_snapshot()).then_some(snapshot))
             }
         }
     })

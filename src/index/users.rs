@@ -211,9 +211,24 @@ impl WriteTx {
     /// `recover`. The live path has checked the change against this transaction first (the
     /// user exists, the name is free); replay takes the journal as it is, so an event after
     /// damage still applies what it says (a `user_update` of a user whose `user_add` was lost
-    /// brings the user back). A token whose hash is not 64 hex digits is corrupt and applies
-    /// nothing. Owners whose limits may have changed are marked for the quota warning levels.
+    /// brings the user back). An event naming a token whose hash is not 64 hex digits is
+    /// corrupt and applies nothing at all. Owners whose limits may have changed are marked for
+    /// the quota warning levels.
     pub fn apply_account(&mut self, event: &AccountEvent) -> Result<()> {
+        // Checked before anything changes: an event applies whole or not at all.
+        let tokens: &[TokenEntry] = match event {
+            AccountEvent::UserAdd { token, .. } | AccountEvent::TokenAdd { token } => {
+                std::slice::from_ref(token)
+            }
+            AccountEvent::Snapshot { tokens, .. } => tokens,
+            _ => &[],
+        };
+        if let Some(bad) = tokens.iter().find(|t| t.hash().is_none()) {
+            return Err(crate::error::Error::corrupt(
+                "account event",
+                format!("a token of user {:?} has no valid SHA-256", bad.user),
+            ));
+        }
         match event {
             AccountEvent::UserAdd { user, token } => {
                 self.put_user(user)?;
@@ -252,13 +267,9 @@ impl WriteTx {
         Ok(())
     }
 
+    /// Adds a token whose hash `apply_account` checked.
     fn add_token(&mut self, t: &TokenEntry) -> Result<()> {
-        let hash = t.hash().ok_or_else(|| {
-            crate::error::Error::corrupt(
-                "account event",
-                format!("token of user {:?} has no valid SHA-256", t.user),
-            )
-        })?;
+        let hash = t.hash().expect("checked by apply_account");
         self.put_token(
             &hash,
             &TokenRecord {

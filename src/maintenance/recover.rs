@@ -59,9 +59,9 @@ pub struct RecoverReport {
     pub accounts: u64,
     /// Users in the rebuilt index.
     pub users: u64,
-    /// Users (with their token hashes and organisation limits) copied from the old index, for
-    /// a store whose packs hold no account events (made before accounts were journaled and
-    /// never opened read-write since): an index that cannot be read loses them.
+    /// Users (with their token hashes and organisation limits) copied from the old index
+    /// because it had never journaled them (a store made before accounts were journaled, not
+    /// opened read-write since): without that index they would be lost.
     pub users_kept: u64,
     /// Cold packs found in the cold tier (with `Config::cold_tier`) and indexed again.
     pub cold_packs: u64,

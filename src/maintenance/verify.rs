@@ -1,4 +1,5 @@
-//! `verify`: re-hash every chunk, check every manifest against the index, count references.
+//! `verify`: re-hash every chunk, check every manifest against the index, count references,
+//! and check that the account journal rebuilds the index's accounts.
 //!
 //! Verify reads a consistent snapshot of the index and the committed bytes of every pack; it
 //! never writes. Damage is reported, not repaired: the report names each damaged chunk and the
@@ -51,7 +52,7 @@ pub struct VerifyReport {
     pub damaged_chunks: Vec<DamagedChunk>,
     pub damaged_regions: Vec<DamagedRegion>,
     /// Inconsistencies that are not a damaged chunk: manifests that disagree with the index,
-    /// wrong reference counts, missing or short packs.
+    /// wrong reference counts, missing or short packs, accounts the journal does not rebuild.
     pub problems: Vec<String>,
 }
 

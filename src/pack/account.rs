@@ -86,6 +86,12 @@ pub enum AccountEvent {
 }
 
 impl AccountEvent {
+    /// A snapshot of no accounts at all.
+    pub fn is_empty_snapshot(&self) -> bool {
+        matches!(self, AccountEvent::Snapshot { users, tokens, org_limits, .. }
+            if users.is_empty() && tokens.is_empty() && org_limits.is_empty())
+    }
+
     /// The user whose quota limits this change may move, if any.
     pub fn user(&self) -> Option<&str> {
         match self {
