@@ -1,13 +1,13 @@
 //! The commit protocol, with group commit.
 //!
 //! Every change to the index — a new version, a delete, an undelete, a visibility change, a
-//! links revocation — goes through
-//! [`Committer`]. Callers queue their changes; whichever caller gets the leader lock takes the
-//! whole queue and commits it in one index transaction: for each change it decides file id and
-//! version number, appends the manifest or event record, and applies it to the transaction; then
-//! one `Packs::sync` makes all of it (and every chunk the changes reference) durable, and one
-//! redb commit publishes it. Each caller returns only after the commit that holds its change.
-//! So many small puts share one fsync pair without any put returning before it is durable.
+//! links revocation, a change to the accounts — goes through [`Committer`]. Callers queue their
+//! changes; whichever caller gets the leader lock takes the whole queue and commits it in one
+//! index transaction: for each change it decides file id and version number, appends the
+//! manifest or event record, and applies it to the transaction; then one `Packs::sync` makes all
+//! of it (and every chunk the changes reference) durable, and one redb commit publishes it. Each
+//! caller returns only after the commit that holds its change. So many small puts share one
+//! fsync pair without any put returning before it is durable.
 //!
 //! Manifests and events are appended only by the leader, inside the write transaction, so their
 //! order in the packs is the commit order `recover` replays.
@@ -24,6 +24,7 @@ use crate::pack::manifest::{ChunkRef, FileEvent, Manifest, ScanStamp, VersionMet
 use crate::pack::record::{self, RecordKind};
 use crate::pack::{Location, Packs};
 use crate::store::{FileInfo, Inner};
+use crate::users::{AccountChange, AccountDone, AccountPlan};
 
 /// Most changes committed in one index transaction.
 const MAX_GROUP: usize = 4096;
@@ -89,11 +90,21 @@ pub(crate) enum Change {
     },
     /// End every signed link of the file. Journaled as `revoke_links`.
     RevokeLinks(FileId),
+    /// A change to users, tokens or organisation limits (`users::AccountChange`).
+    Account(AccountChange),
+}
+
+/// What a committed change answers.
+// One per change, moved once through a channel: boxing the file info would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Committed {
+    File(FileInfo),
+    Account(AccountDone),
 }
 
 struct Job {
     change: Change,
-    reply: Sender<Result<FileInfo>>,
+    reply: Sender<Result<Committed>>,
 }
 
 /// Serialises and batches commits.
@@ -121,7 +132,29 @@ impl Committer {
     /// cannot apply (unknown file, say) fails alone; a failure of the commit itself fails every
     /// change in the group.
     pub fn commit_all(&self, inner: &Inner, changes: Vec<Change>) -> Vec<Result<FileInfo>> {
-        let mut receivers: Vec<Receiver<Result<FileInfo>>> = Vec::with_capacity(changes.len());
+        self.commit_changes(inner, changes)
+            .into_iter()
+            .map(|r| match r? {
+                Committed::File(info) => Ok(info),
+                Committed::Account(_) => unreachable!("file changes answer with a file"),
+            })
+            .collect()
+    }
+
+    /// Commits one change to the accounts, journaled and grouped like file changes.
+    pub fn commit_account(&self, inner: &Inner, change: AccountChange) -> Result<AccountDone> {
+        match self
+            .commit_changes(inner, vec![Change::Account(change)])
+            .pop()
+            .expect("one result per change")?
+        {
+            Committed::Account(done) => Ok(done),
+            Committed::File(_) => unreachable!("account changes answer with an account"),
+        }
+    }
+
+    fn commit_changes(&self, inner: &Inner, changes: Vec<Change>) -> Vec<Result<Committed>> {
+        let mut receivers: Vec<Receiver<Result<Committed>>> = Vec::with_capacity(changes.len());
         {
             let mut q = self.queue.lock().unwrap();
             for change in changes {
@@ -174,6 +207,7 @@ enum Prepared {
     Removal(FileEvent, FileInfo),
     /// Nothing to do (deleting a deleted file); reply with the file as it is.
     Nothing(FileId),
+    Account(AccountPlan),
 }
 
 fn commit_group(inner: &Inner, batch: Vec<Job>) {
@@ -183,7 +217,7 @@ fn commit_group(inner: &Inner, batch: Vec<Job>) {
     };
     let now = inner.config.clock.now_ms();
     let mut appended: Vec<Location> = Vec::new();
-    let mut done: Vec<(Sender<Result<FileInfo>>, FileInfo)> = Vec::new();
+    let mut done: Vec<(Sender<Result<Committed>>, Committed)> = Vec::new();
     let mut fatal = None;
     for job in batch {
         if fatal.is_some() {
@@ -235,7 +269,7 @@ fn commit_group(inner: &Inner, batch: Vec<Job>) {
     }
 }
 
-fn fail_all(replies: impl Iterator<Item = Sender<Result<FileInfo>>>, e: &Error) {
+fn fail_all(replies: impl Iterator<Item = Sender<Result<Committed>>>, e: &Error) {
     for r in replies {
         let _ = r.send(Err(e.duplicate()));
     }
@@ -412,6 +446,7 @@ fn prepare(w: &WriteTx, packs: &Packs, now: i64, change: Change) -> Result<Prepa
                 at_ms: now,
             }))
         }
+        Change::Account(change) => Ok(Prepared::Account(crate::users::plan(w, now, change)?)),
         Change::Scan { id, version, stamp } => {
             let v = w
                 .version(id, version)?
@@ -432,8 +467,8 @@ fn apply(
     w: &mut WriteTx,
     prepared: Prepared,
     appended: &mut Vec<Location>,
-) -> Result<FileInfo> {
-    match prepared {
+) -> Result<Committed> {
+    let info = match prepared {
         Prepared::Version {
             meta,
             chunks,
@@ -465,7 +500,7 @@ fn apply(
                     updated_ms: manifest.meta.created_ms,
                 })?;
             }
-            Ok(FileInfo::new(&file, &manifest.meta))
+            FileInfo::new(&file, &manifest.meta)
         }
         Prepared::Event(event) => {
             let loc = append(inner, RecordKind::Event, &event.encode(), 0)?;
@@ -473,21 +508,55 @@ fn apply(
             let file = w
                 .apply_event(&event)?
                 .expect("the events of live changes name a present file and change it");
-            current_info(w, &file)
+            current_info(w, &file)?
         }
         Prepared::Removal(event, info) => {
             let loc = append(inner, RecordKind::Event, &event.encode(), 0)?;
             appended.push(loc);
             w.apply_event(&event)?;
-            Ok(info)
+            info
         }
         Prepared::Nothing(id) => {
             let file = w
                 .file(id)?
                 .ok_or_else(|| Error::not_found(format!("file {id}")))?;
-            current_info(w, &file)
+            current_info(w, &file)?
         }
-    }
+        Prepared::Account(plan) => return apply_account(inner, w, plan, appended),
+    };
+    Ok(Committed::File(info))
+}
+
+/// Journals an account change and applies it with the code `recover` replays it with.
+fn apply_account(
+    inner: &Inner,
+    w: &mut WriteTx,
+    plan: AccountPlan,
+    appended: &mut Vec<Location>,
+) -> Result<Committed> {
+    let done = match plan {
+        AccountPlan::Apply(change, done) => {
+            let event = FileEvent::Account(change);
+            let loc = append(inner, RecordKind::Event, &event.encode(), 0)?;
+            appended.push(loc);
+            w.apply_event(&event)?;
+            done
+        }
+        AccountPlan::Journal(snapshot) => {
+            // The index holds exactly this already; the journal catches up with it. A
+            // snapshot can be large: compressed like chunks.
+            if let Some(snapshot) = snapshot {
+                let plain = FileEvent::Account(snapshot).encode();
+                let loc = append(inner, RecordKind::Event, &plain, inner.compression_level())?;
+                appended.push(loc);
+                w.set_latest_account_snapshot(loc)?;
+            }
+            w.set_accounts_journaled()?;
+            AccountDone::default()
+        }
+        AccountPlan::Nothing(done) => done,
+    };
+    Ok(Committed::Account(done))
 }
 
 /// The removal of `f` for good, whatever made it purgeable: a `purge` event naming where its
@@ -519,7 +588,21 @@ fn current_info(w: &WriteTx, file: &FileRecord) -> Result<FileInfo> {
     Ok(FileInfo::new(file, &v.meta))
 }
 
-fn append(inner: &Inner, kind: RecordKind, plain: &[u8], level: i32) -> Result<Location> {
+pub(crate) fn append(
+    inner: &Inner,
+    kind: RecordKind,
+    plain: &[u8],
+    level: i32,
+) -> Result<Location> {
+    // The codec refuses payloads past its limit; only a snapshot of a huge account table
+    // could get there.
+    if plain.len() > record::MAX_PAYLOAD as usize {
+        return Err(Error::InvalidInput(format!(
+            "a record of {} bytes is over the limit of {} bytes",
+            plain.len(),
+            record::MAX_PAYLOAD
+        )));
+    }
     let mut rec = Vec::with_capacity(plain.len() + record::OVERHEAD);
     record::encode_plain(kind, plain, &ChunkId::of(plain).0, level, &mut rec);
     inner.packs.append(&rec)

@@ -1070,28 +1070,22 @@ impl Store {
     /// Sets (or clears, with `None`) a user's own quota, overriding the tier's. The warning
     /// level follows at once (a lower limit can raise a warning).
     pub fn quota_set(&self, name: &str, quota: Option<u64>) -> Result<QuotaStatus> {
-        let mut w = self.inner.index.write()?;
-        let mut u = w
-            .user(name)?
-            .ok_or_else(|| Error::not_found(format!("user {name:?}")))?;
-        u.quota = quota;
-        w.put_user(&u)?;
-        let mut events = Vec::new();
-        let now = self.inner.config.clock.now_ms();
-        self.inner
-            .quotas
-            .settle_owner(&mut w, name, now, &mut events)?;
-        w.commit()?;
-        self.inner.quotas.publish(events);
+        // Journaled as the user's record after the change (`user_update`).
+        self.commit_account(crate::users::AccountChange::Quota {
+            user: name.to_string(),
+            quota,
+        })?;
         self.quota_status(name)
     }
 
     /// Sets (or clears) an organisation's limit, overriding `quotas.orgs` of the config.
+    /// Journaled (`org_limit`), so `recover` keeps it.
     pub fn org_quota_set(&self, org: &str, limit: Option<u64>) -> Result<OrgStatus> {
         crate::validate::check_label("organisation", org)?;
-        let mut w = self.inner.index.write()?;
-        w.set_org_limit(org, limit)?;
-        w.commit()?;
+        self.commit_account(crate::users::AccountChange::OrgLimit {
+            org: org.to_string(),
+            limit,
+        })?;
         self.quota_orgs()?
             .into_iter()
             .find(|o| o.org == org)

@@ -550,6 +550,15 @@ fn missing_index(dir: &Path) -> Error {
     }
 }
 
+/// How a store is being opened.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Opening {
+    ReadWrite,
+    ReadOnly,
+    /// Read-write, only to let redb repair the index for a read-only open.
+    Repair,
+}
+
 /// Takes the store's lock file; fails with [`Error::Locked`] if someone else holds it.
 pub(crate) fn lock_store(dir: &Path) -> Result<File> {
     take_lock(dir, false)
@@ -666,7 +675,7 @@ impl Store {
         drop(index);
         let json = serde_json::to_vec_pretty(&identity).expect("identity serialises");
         write_atomic(&dir.join(IDENTITY_FILE), &json)?;
-        Self::open_locked(dir, config, lock, None)
+        Self::open_locked(dir, config, lock, None, Opening::ReadWrite)
     }
 
     /// Opens an existing store.
@@ -676,7 +685,7 @@ impl Store {
             return Err(no_store(dir));
         }
         let lock = lock_store(dir)?;
-        Self::open_locked(dir, config, lock, None)
+        Self::open_locked(dir, config, lock, None, Opening::ReadWrite)
     }
 
     /// Opens an existing store for reading only: nothing on disk changes (no fsync at open or
@@ -693,10 +702,19 @@ impl Store {
         }
         let lock = lock_store_shared(dir)?;
         match Index::open_read_only(&index_path(dir)) {
-            Ok(index) => Self::assemble(dir, config, lock, None, index, true),
+            Ok(index) => Self::assemble(dir, config, lock, None, index, Opening::ReadOnly),
             Err(ReadOnlyOpen::NeedsRepair) => {
                 drop(lock);
-                drop(Self::open(dir, config.clone())?);
+                // Repairs, and nothing else: not even the journaling of an older store's
+                // accounts, which waits for a read-write open of the store's owner.
+                let lock = lock_store(dir)?;
+                drop(Self::open_locked(
+                    dir,
+                    config.clone(),
+                    lock,
+                    None,
+                    Opening::Repair,
+                )?);
                 let lock = lock_store_shared(dir)?;
                 let index = Index::open_read_only(&index_path(dir)).map_err(|e| match e {
                     ReadOnlyOpen::Failed(e) => e,
@@ -705,7 +723,7 @@ impl Store {
                         detail: "still needs repair after a read-write open".into(),
                     },
                 })?;
-                Self::assemble(dir, config, lock, None, index, true)
+                Self::assemble(dir, config, lock, None, index, Opening::ReadOnly)
             }
             Err(ReadOnlyOpen::Failed(e)) => {
                 if !index_path(dir).exists() {
@@ -735,7 +753,7 @@ impl Store {
     ) -> Result<Store> {
         let dir = dir.as_ref();
         let lock = lock_store(dir)?;
-        Self::open_locked(dir, config, lock, Some(storage))
+        Self::open_locked(dir, config, lock, Some(storage), Opening::ReadWrite)
     }
 
     fn open_locked(
@@ -743,13 +761,14 @@ impl Store {
         config: Config,
         lock: File,
         storage: Option<Arc<dyn PackStorage>>,
+        how: Opening,
     ) -> Result<Store> {
         let ipath = index_path(dir);
         if !ipath.exists() {
             return Err(missing_index(dir));
         }
         let index = Index::open(&ipath)?;
-        Self::assemble(dir, config, lock, storage, index, false)
+        Self::assemble(dir, config, lock, storage, index, how)
     }
 
     fn assemble(
@@ -758,8 +777,9 @@ impl Store {
         lock: File,
         storage: Option<Arc<dyn PackStorage>>,
         index: Index,
-        read_only: bool,
+        how: Opening,
     ) -> Result<Store> {
+        let read_only = how == Opening::ReadOnly;
         let identity = Identity::load(dir)?;
         if let Some(asked) = config.chunking
             && asked != identity.chunking
@@ -859,6 +879,10 @@ impl Store {
             }),
         };
         crate::quota::load_sessions(&store.inner)?;
+        if how == Opening::ReadWrite {
+            // Stores made before accounts were journaled: journal them now, once.
+            crate::users::journal_existing_accounts(&store.inner);
+        }
         Ok(store)
     }
 

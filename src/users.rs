@@ -1,14 +1,22 @@
-//! Users and bearer tokens of the HTTP service, kept in the index.
+//! Users and bearer tokens of the HTTP service, kept in the index and journaled in the packs.
 //!
 //! A user name is the `owner` of the files that user uploads. Tokens are `tsr_` followed by 43
 //! base64url characters (32 random bytes); [`Store::user_add`] and [`Store::user_new_token`]
 //! return one exactly once, and the index keeps only its SHA-256 (see `index::users`).
+//!
+//! Every change (a user added or updated, a token issued, tokens revoked, a quota override or
+//! an organisation limit set) is an [`AccountChange`] committed through the committer: one
+//! account event record appended by the commit leader inside the index transaction that
+//! applies it, synced before that transaction commits. So no account change commits without
+//! its journal record, and `recover` replays them in commit order (a revoked token stays
+//! revoked; one issued after the revocation works).
 
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::index::{TokenRecord, UserRecord};
-use crate::store::Store;
+use crate::index::{UserRecord, WriteTx};
+use crate::pack::account::{AccountEvent, TokenEntry};
+use crate::store::{Inner, Store};
 use crate::validate;
 
 /// What a new user gets.
@@ -53,92 +61,226 @@ fn token_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// A change to the accounts, as callers queue it with the committer. The commit leader checks
+/// it against its transaction ([`plan`]), journals the resulting [`AccountEvent`] and applies
+/// it with `WriteTx::apply_account`, the code `recover` replays the journal with.
+pub(crate) enum AccountChange {
+    /// A new user with its first token (by hash). `created_ms` is decided by the leader.
+    Add {
+        user: UserRecord,
+        token: [u8; 32],
+    },
+    /// Admin flag, tier, organisation, quota override; the name and creation time stay.
+    Update(UserRecord),
+    /// The quota override set, or cleared with `None`.
+    Quota {
+        user: String,
+        quota: Option<u64>,
+    },
+    /// Another token (by hash).
+    Token {
+        user: String,
+        token: [u8; 32],
+    },
+    /// Every token of the user.
+    RevokeTokens {
+        user: String,
+    },
+    OrgLimit {
+        org: String,
+        limit: Option<u64>,
+    },
+    /// Journal the accounts the index holds, unless it says they are journaled already.
+    Snapshot,
+}
+
+/// What an account change did.
+#[derive(Debug, Default)]
+pub(crate) struct AccountDone {
+    /// The user as stored after the change (adds and updates).
+    pub user: Option<UserRecord>,
+    /// Tokens revoked.
+    pub revoked: usize,
+}
+
+/// What the commit leader does with an account change.
+pub(crate) enum AccountPlan {
+    /// Journal the event and apply it.
+    Apply(AccountEvent, AccountDone),
+    /// Journal this snapshot (none when there are no accounts) and mark the index journaled;
+    /// the index holds it already.
+    Journal(Option<AccountEvent>),
+    /// Nothing to journal (no tokens to revoke, accounts journaled already).
+    Nothing(AccountDone),
+}
+
+/// Checks `change` against the leader's transaction and decides the event. A change that
+/// cannot apply fails alone, before anything is written.
+pub(crate) fn plan(w: &WriteTx, now: i64, change: AccountChange) -> Result<AccountPlan> {
+    let existing = |name: &str| {
+        w.user(name)?
+            .ok_or_else(|| Error::not_found(format!("user {name:?}")))
+    };
+    Ok(match change {
+        AccountChange::Add { mut user, token } => {
+            if w.user_exists(&user.name)? {
+                return Err(Error::AlreadyExists {
+                    what: format!("user {:?}", user.name),
+                });
+            }
+            user.created_ms = now;
+            let token = TokenEntry::new(&user.name, &token, now);
+            AccountPlan::Apply(
+                AccountEvent::UserAdd {
+                    user: user.clone(),
+                    token,
+                },
+                AccountDone {
+                    user: Some(user),
+                    revoked: 0,
+                },
+            )
+        }
+        AccountChange::Update(mut user) => {
+            user.created_ms = existing(&user.name)?.created_ms;
+            updated(user)
+        }
+        AccountChange::Quota { user, quota } => {
+            let mut u = existing(&user)?;
+            u.quota = quota;
+            updated(u)
+        }
+        AccountChange::Token { user, token } => {
+            existing(&user)?;
+            AccountPlan::Apply(
+                AccountEvent::TokenAdd {
+                    token: TokenEntry::new(&user, &token, now),
+                },
+                AccountDone::default(),
+            )
+        }
+        AccountChange::RevokeTokens { user } => match w.token_count(&user)? {
+            0 => AccountPlan::Nothing(AccountDone::default()),
+            n => AccountPlan::Apply(
+                AccountEvent::TokensRevoke { user, at_ms: now },
+                AccountDone {
+                    user: None,
+                    revoked: n,
+                },
+            ),
+        },
+        AccountChange::OrgLimit { org, limit } => AccountPlan::Apply(
+            AccountEvent::OrgLimit {
+                org,
+                limit,
+                at_ms: now,
+            },
+            AccountDone::default(),
+        ),
+        AccountChange::Snapshot => {
+            if w.accounts_journaled()? {
+                AccountPlan::Nothing(AccountDone::default())
+            } else {
+                let snapshot = w.account_snapshot(now)?;
+                AccountPlan::Journal((!snapshot.is_empty_snapshot()).then_some(snapshot))
+            }
+        }
+    })
+}
+
+fn updated(user: UserRecord) -> AccountPlan {
+    AccountPlan::Apply(
+        AccountEvent::UserUpdate { user: user.clone() },
+        AccountDone {
+            user: Some(user),
+            revoked: 0,
+        },
+    )
+}
+
+/// Journals the accounts of an index made before accounts were journaled, once: on the first
+/// read-write open. A crash before the commit leaves the index unmarked (the next open does it
+/// again); a snapshot record that became durable without its commit holds exactly what the
+/// index held, so replaying it changes nothing. A failure is logged, not fatal: the store
+/// works as before and the next open tries again.
+pub(crate) fn journal_existing_accounts(inner: &Inner) {
+    // Looked up first: an open of a journaled store (nearly every open) commits nothing.
+    let done = inner.index.read().and_then(|r| r.accounts_journaled());
+    if let Ok(true) = done {
+        return;
+    }
+    if let Err(e) = done.and_then(|_| {
+        inner
+            .committer
+            .commit_account(inner, AccountChange::Snapshot)
+    }) {
+        tracing::warn!(
+            "could not journal the accounts of this store ({e}); `recover` would lose them \
+             until a later read-write open journals them"
+        );
+    }
+}
+
 impl Store {
     /// Adds a user and returns it with its first token, which is not stored anywhere: show it
-    /// to the user now or never. `AlreadyExists` when the name is taken.
+    /// to the user now or never. `AlreadyExists` when the name is taken. Journaled: `recover`
+    /// brings the user back.
     pub fn user_add(&self, name: &str, new: NewUser) -> Result<(UserRecord, String)> {
         validate::check_label("user name", name)?;
         if let Some(org) = &new.org {
             validate::check_label("organisation", org)?;
         }
         self.check_tier(new.tier.as_deref())?;
-        let now = self.inner.config.clock.now_ms();
         let user = UserRecord {
             name: name.to_string(),
             admin: new.admin,
             tier: new.tier,
             org: new.org,
             quota: new.quota,
-            created_ms: now,
+            created_ms: 0,
         };
         let token = new_token()?;
-        let mut w = self.inner.index.write()?;
-        if w.user_exists(name)? {
-            return Err(Error::AlreadyExists {
-                what: format!("user {name:?}"),
-            });
-        }
-        w.put_user(&user)?;
-        w.put_token(
-            &token_hash(&token),
-            &TokenRecord {
-                user: name.to_string(),
-                created_ms: now,
-            },
-        )?;
-        // An owner that stored files before becoming a user starts at the right level.
-        let mut events = Vec::new();
-        self.inner
-            .quotas
-            .settle_owner(&mut w, name, now, &mut events)?;
-        w.commit()?;
-        self.inner.quotas.publish(events);
+        let done = self.commit_account(AccountChange::Add {
+            user,
+            token: token_hash(&token),
+        })?;
+        let user = done.user.expect("an added user is returned");
         Ok((user, token))
     }
 
     /// Issues another token for an existing user; older tokens stay valid.
     pub fn user_new_token(&self, name: &str) -> Result<String> {
         let token = new_token()?;
-        let mut w = self.inner.index.write()?;
-        if !w.user_exists(name)? {
-            return Err(Error::not_found(format!("user {name:?}")));
-        }
-        w.put_token(
-            &token_hash(&token),
-            &TokenRecord {
-                user: name.to_string(),
-                created_ms: self.inner.config.clock.now_ms(),
-            },
-        )?;
-        w.commit()?;
+        self.commit_account(AccountChange::Token {
+            user: name.to_string(),
+            token: token_hash(&token),
+        })?;
         Ok(token)
     }
 
-    /// Revokes every token of a user; returns how many there were.
+    /// Revokes every token of a user; returns how many there were. Tokens issued later work.
     pub fn user_revoke_tokens(&self, name: &str) -> Result<usize> {
-        let mut w = self.inner.index.write()?;
-        let n = w.revoke_tokens(name)?;
-        w.commit()?;
-        Ok(n)
+        Ok(self
+            .commit_account(AccountChange::RevokeTokens {
+                user: name.to_string(),
+            })?
+            .revoked)
     }
 
-    /// Changes a stored user (tier, organisation, quota, admin flag). A new organisation
-    /// takes the user's usage along; the warning level follows the new limit.
+    /// Changes a stored user (tier, organisation, quota, admin flag; not its creation time).
+    /// A new organisation takes the user's usage along; the warning level follows the new
+    /// limit.
     pub fn user_update(&self, user: &UserRecord) -> Result<()> {
-        self.check_tier(user.tier.as_deref())?;
-        let mut w = self.inner.index.write()?;
-        if !w.user_exists(&user.name)? {
-            return Err(Error::not_found(format!("user {:?}", user.name)));
+        if let Some(org) = &user.org {
+            validate::check_label("organisation", org)?;
         }
-        w.put_user(user)?;
-        let mut events = Vec::new();
-        let now = self.inner.config.clock.now_ms();
-        self.inner
-            .quotas
-            .settle_owner(&mut w, &user.name, now, &mut events)?;
-        w.commit()?;
-        self.inner.quotas.publish(events);
+        self.check_tier(user.tier.as_deref())?;
+        self.commit_account(AccountChange::Update(user.clone()))?;
         Ok(())
+    }
+
+    pub(crate) fn commit_account(&self, change: AccountChange) -> Result<AccountDone> {
+        self.inner.committer.commit_account(&self.inner, change)
     }
 
     /// A tier must be one the quota configuration knows.

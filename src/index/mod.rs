@@ -5,7 +5,7 @@
 //! that (see `Store` and docs/design.md). The index can always be rebuilt from the packs
 //! (`maintenance::recover`), so it holds nothing that is not also recorded there, except
 //! access times and counters, which recovery recomputes, and upload sessions (`uploads.rs`),
-//! staging state that recovery drops.
+//! staging state that recovery drops. Accounts (`users.rs`) are journaled too.
 
 mod gc;
 mod jobs;
@@ -37,7 +37,7 @@ use schema::*;
 pub use schema::{ChunkRow, INDEX_FORMAT};
 pub use tiers::{ColdCounters, ColdPackRow};
 pub use uploads::UploadRecord;
-pub use users::{TokenRecord, UserRecord};
+pub use users::{ACCOUNTS_JOURNALED, ACCOUNTS_SNAPSHOT, TokenRecord, UserRecord};
 
 /// Maps any redb error into [`Error::Index`] naming the operation.
 fn ix<E: std::fmt::Display>(context: &'static str) -> impl FnOnce(E) -> Error {
@@ -199,6 +199,17 @@ impl Index {
         }
         w.commit()?;
         Ok(index)
+    }
+
+    /// An empty index in memory, gone when dropped (`verify` replays the account journal into
+    /// one, with the code `recover` uses, to compare it with the real index).
+    pub fn in_memory() -> Result<Self> {
+        let db = redb::Builder::new()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(ix("creating an index in memory"))?;
+        Ok(Index {
+            db: Db::ReadWrite(db),
+        })
     }
 
     /// Opens an existing index and checks its format.
@@ -746,8 +757,9 @@ impl WriteTx {
         Ok((file, missing))
     }
 
-    /// Applies a file event (delete, undelete, ...). Returns the updated file; revocations are
-    /// handled by the replayer and ignored here.
+    /// Applies a file event (delete, undelete, ...) or an account event. Returns the updated
+    /// file (none for account events); revocations are handled by the replayer and ignored
+    /// here.
     pub fn apply_event(&mut self, event: &FileEvent) -> Result<Option<FileRecord>> {
         let (id, deleted) = match *event {
             FileEvent::Delete { file_id, at_ms } => (file_id, Some(at_ms)),
@@ -768,6 +780,10 @@ impl WriteTx {
             }
             FileEvent::Undelete { file_id, .. } => (file_id, None),
             FileEvent::Revoke { .. } => return Ok(None),
+            FileEvent::Account(ref change) => {
+                self.apply_account(change)?;
+                return Ok(None);
+            }
             FileEvent::Purge { file_id, at_ms, .. } => {
                 // A replayed purge may find the file gone already (its manifests were
                 // compacted away before the event was): nothing to do.

@@ -3,9 +3,9 @@
 //!
 //! Usage is derived data: every change to it happens in the write transaction of the commit
 //! that changes the versions it counts (`insert_version`, `remove_version`), and `recover`
-//! rebuilds it by replaying those commits. Organisation limits are index-only settings, like
-//! users, and `recover` carries them over. Stores made before these tables existed get the
-//! counters on their first read-write open (`Index::ensure_usage`).
+//! rebuilds it by replaying those commits. Organisation limits are settings, journaled like
+//! users (`org_limit` account events), so `recover` replays them. Stores made before these
+//! tables existed get the counters on their first read-write open (`Index::ensure_usage`).
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -525,6 +525,12 @@ fn compact_pack(inner: &Inner, id: u32, batch: usize, report: &mut GcReport) -> 
         return Ok(());
     }
     let mut moves: Vec<(Live, Location, Location)> = Vec::new();
+    // Account events are not copied: those before the latest snapshot are superseded by it,
+    // and one new snapshot replaces the others (below).
+    let latest = w
+        .latest_account_snapshot()?
+        .map_or((0, 0), |l| (l.pack, l.offset));
+    let mut accounts = false;
     let mut plain = Vec::new();
     let mut wrapped = Vec::new();
     let mut rec = Vec::new();
@@ -566,13 +572,19 @@ fn compact_pack(inner: &Inner, id: u32, batch: usize, report: &mut GcReport) -> 
         let live = match header.kind {
             RecordKind::Chunk => Some(Live::Chunk(ChunkId(header.key))),
             RecordKind::Manifest => live_manifest(&w, &plain, from)?,
-            RecordKind::Event => live_event(&w, inner, id, &plain)?.then_some(Live::Event),
+            RecordKind::Event => {
+                let live = live_event(&w, inner, id, &plain)?;
+                account_event(live, (id, offset as u64), latest, &mut accounts)
+            }
             RecordKind::Moved => {
                 let m =
                     Moved::decode(&plain).map_err(|e| Error::corrupt(format!("pack {id}"), e))?;
                 match m.kind {
                     RecordKind::Manifest => live_manifest(&w, m.plain, from)?,
-                    _ => live_event(&w, inner, id, m.plain)?.then_some(Live::Event),
+                    _ => {
+                        let live = live_event(&w, inner, id, m.plain)?;
+                        account_event(live, (m.orig_pack, m.orig_offset), latest, &mut accounts)
+                    }
                 }
             }
         };
@@ -604,6 +616,27 @@ fn compact_pack(inner: &Inner, id: u32, batch: usize, report: &mut GcReport) -> 
         report.bytes_copied += to.len as u64;
         report.records_copied += 1;
         moves.push((live, from, to));
+    }
+    if accounts {
+        // The accounts as this transaction sees them: the result of every account event
+        // committed so far, in order. Appended after every committed record (no commit
+        // interleaves: we hold the write transaction), so replay reaches it after all the
+        // events it replaces, wherever they are, and before any later one. The account events
+        // of this pack, revoked ones included, are dropped with it.
+        let plain = FileEvent::Account(w.account_snapshot(inner.config.clock.now_ms())?).encode();
+        let to =
+            crate::commit::append(inner, RecordKind::Event, &plain, inner.compression_level())?;
+        // The snapshot it replaces is garbage now (unless it is in this pack, going anyway).
+        if let Some(prev) = w.latest_account_snapshot()?
+            && prev.pack != id
+            && inner.packs.has(prev.pack)
+        {
+            w.add_garbage(prev.pack, prev.len as u64)?;
+        }
+        w.set_latest_account_snapshot(to)?;
+        copied_bytes += to.len as u64;
+        report.bytes_copied += to.len as u64;
+        report.records_copied += 1;
     }
     let states = inner.packs.sync()?;
     w.set_packs(&states)?;
@@ -751,11 +784,38 @@ fn live_manifest(w: &WriteTx, plain: &[u8], at: Location) -> Result<Option<Live>
         .map(|_| Live::Manifest(file, version)))
 }
 
-/// Whether `recover` still needs an event of pack `id` once that pack is gone.
-fn live_event(w: &WriteTx, inner: &Inner, id: u32, plain: &[u8]) -> Result<bool> {
+/// What compaction does with an event.
+enum EventFate {
+    /// Copy it: `recover` still needs it once its pack is gone.
+    Keep,
+    Drop,
+    /// An account event: never copied (see [`account_event`]).
+    Account,
+}
+
+/// Account events are never copied. One at or after the latest snapshot (the snapshot
+/// itself included) sets `accounts`: a new snapshot replaces it. One before it is superseded.
+fn account_event(
+    fate: EventFate,
+    at: (u32, u64),
+    latest: (u32, u64),
+    accounts: &mut bool,
+) -> Option<Live> {
+    match fate {
+        EventFate::Keep => Some(Live::Event),
+        EventFate::Drop => None,
+        EventFate::Account => {
+            *accounts |= at >= latest;
+            None
+        }
+    }
+}
+
+/// What becomes of an event of pack `id` once that pack is gone.
+fn live_event(w: &WriteTx, inner: &Inner, id: u32, plain: &[u8]) -> Result<EventFate> {
     let ev = FileEvent::decode(plain).map_err(|e| Error::corrupt(format!("pack {id}"), e))?;
     let exists = |pack: u32| pack != id && inner.packs.has(pack);
-    Ok(match ev {
+    let live = match ev {
         // The file's state still depends on it.
         FileEvent::Delete { file_id, .. } | FileEvent::Undelete { file_id, .. } => {
             w.file(file_id)?.is_some()
@@ -778,5 +838,11 @@ fn live_event(w: &WriteTx, inner: &Inner, id: u32, plain: &[u8]) -> Result<bool>
             file_id, manifest, ..
         } => w.file(file_id)?.is_some() || exists(manifest.0),
         FileEvent::RevokeLinks { file_id, .. } => w.file(file_id)?.is_some(),
+        FileEvent::Account(_) => return Ok(EventFate::Account),
+    };
+    Ok(if live {
+        EventFate::Keep
+    } else {
+        EventFate::Drop
     })
 }

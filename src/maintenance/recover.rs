@@ -7,6 +7,10 @@
 //!
 //! The new index is built beside the old one and renamed into place, so a crash during recovery
 //! leaves the old index (if any) untouched. The old index is kept as `index.redb.bak-<ms>`.
+//!
+//! Accounts (users, token hashes, revocations, organisation limits) are account events in the
+//! same journal and are replayed in the same order, so tokens revoked before a crash stay
+//! revoked.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -19,6 +23,7 @@ use super::progress::Progress;
 use crate::error::{Error, IoContext, Result};
 use crate::id::ChunkId;
 use crate::index::{ChunkRow, Index};
+use crate::pack::account::AccountEvent;
 use crate::pack::manifest::{FileEvent, Manifest};
 use crate::pack::record::{self, RecordKind, ScanItem};
 use crate::pack::storage::{FsPackStorage, PackStorage, sync_dir};
@@ -50,21 +55,29 @@ pub struct RecoverReport {
     pub missing_chunks: u64,
     /// Where the previous index was moved, if there was one.
     pub old_index: Option<PathBuf>,
-    /// Users (with their token hashes) copied from the old index: they are recorded nowhere
-    /// else, so an index that cannot be read loses them (add them again with `tessera user`).
+    /// Account events replayed (users, tokens, revocations, limits, snapshots).
+    pub accounts: u64,
+    /// Users in the rebuilt index.
+    pub users: u64,
+    /// Users (with their token hashes and organisation limits) copied from the old index
+    /// because it had never journaled them (a store made before accounts were journaled, not
+    /// opened read-write since): without that index they would be lost.
     pub users_kept: u64,
     /// Cold packs found in the cold tier (with `Config::cold_tier`) and indexed again.
     pub cold_packs: u64,
 }
 
-/// Copies users and token hashes from the old index into the new one, when the old one still
-/// opens. Users live only in the index (they are not file data, and packs hold file data).
-fn carry_over_users(dir: &Path, w: &mut crate::index::WriteTx, report: &mut RecoverReport) {
+/// Copies users, token hashes and organisation limits from the old index into the new one,
+/// when the old one still opens and does not say its accounts are journaled: made before
+/// accounts were journaled (and not opened read-write since, which would have journaled
+/// them), it is the only place they are — replacing what the journal replay made of them.
+/// Returns whether it did (then the next read-write open journals them).
+fn carry_over_users(dir: &Path, w: &mut crate::index::WriteTx, report: &mut RecoverReport) -> bool {
     let live = index_path(dir);
     if !live.exists() {
-        return;
+        return false;
     }
-    let copied = (|| -> Result<u64> {
+    let copied = (|| -> Result<bool> {
         let old = match Index::open_read_only(&live) {
             Ok(i) => i,
             // Not closed cleanly (the usual case after a crash): let redb repair it; it is
@@ -73,24 +86,22 @@ fn carry_over_users(dir: &Path, w: &mut crate::index::WriteTx, report: &mut Reco
             Err(crate::index::ReadOnlyOpen::Failed(e)) => return Err(e),
         };
         let r = old.read()?;
-        let users = r.users()?;
-        for u in &users {
-            w.put_user(u)?;
+        if r.accounts_journaled()? {
+            return Ok(false);
         }
-        for (hash, t) in r.tokens()? {
-            w.put_token(&hash, &t)?;
-        }
-        // Organisation limits are settings, like users: not in the packs.
-        for (org, limit) in r.org_limits()? {
-            w.set_org_limit(&org, Some(limit))?;
-        }
-        Ok(users.len() as u64)
+        let snapshot = r.account_snapshot(0)?;
+        report.users_kept = r.user_count()?;
+        w.apply_account(&snapshot)?;
+        Ok(true)
     })();
     match copied {
-        Ok(n) => report.users_kept = n,
-        Err(e) => report
-            .problems
-            .push(format!("users and tokens of the old index are lost: {e}")),
+        Ok(kept) => kept,
+        Err(e) => {
+            report.problems.push(format!(
+                "the old index does not open ({e}): accounts come from the journal alone"
+            ));
+            false
+        }
     }
 }
 
@@ -279,6 +290,8 @@ pub fn recover(
     ops.dedup_by_key(|(at, _, _)| *at);
     progress.start("rebuilding the index (records)", ops.len() as u64);
     let now = config.clock.now_ms();
+    // Account snapshots replayed: all but the latest are garbage, as compaction counts them.
+    let mut snapshots: Vec<Location> = Vec::new();
     for (at, loc, op) in &ops {
         progress.advance(1);
         if revoked.contains(at) {
@@ -298,6 +311,17 @@ pub fn recover(
                     )),
                 }
             }
+            Op::Event(FileEvent::Account(change)) => match w.apply_account(change) {
+                Ok(()) => {
+                    report.accounts += 1;
+                    if matches!(change, AccountEvent::Snapshot { .. }) {
+                        snapshots.push(*loc);
+                    }
+                }
+                Err(err) => report
+                    .problems
+                    .push(format!("account event at {at:?}: {err}")),
+            },
             Op::Event(e) => match w.apply_event(e) {
                 Ok(_) => report.events += 1,
                 // Compaction drops a purged file's manifests and purge event but may leave a
@@ -340,7 +364,18 @@ pub fn recover(
     // Last-read times are not journaled: replay leaves each file at its latest write. Reports
     // count no file as unread for longer than the time since this rebuild.
     w.set_meta(crate::maintenance::reports::READS_SINCE, &now.to_le_bytes())?;
-    carry_over_users(dir, &mut w, &mut report);
+    // Accounts were replayed from the journal, unless the old index holds accounts it never
+    // journaled (a store made before accounts were journaled).
+    if !carry_over_users(dir, &mut w, &mut report) {
+        w.set_accounts_journaled()?;
+    }
+    if let Some((latest, older)) = snapshots.split_last() {
+        w.set_latest_account_snapshot(*latest)?;
+        for s in older {
+            w.add_garbage(s.pack, s.len as u64)?;
+        }
+    }
+    report.users = w.users()?.len() as u64;
     // Usage was rebuilt by the replay; the warning levels are set to where usage is now,
     // without raising anything (those crossings were raised when they happened).
     crate::quota::Quotas::new(config.quotas.clone()).settle(&mut w, now)?;
@@ -360,7 +395,7 @@ pub fn recover(
     }
     fs::rename(&building, &live).ctx(|| format!("installing {}", live.display()))?;
     sync_dir(dir).ctx(|| format!("syncing {}", dir.display()))?;
-    if report.versions == 0 && !ops.is_empty() {
+    if report.versions == 0 && ops.iter().any(|(_, _, op)| matches!(op, Op::Version(_))) {
         return Err(Error::corrupt(
             pack_dir(dir).display().to_string(),
             "no file version could be recovered",

@@ -3,10 +3,11 @@
 //!
 //! A manifest is one file version: its metadata as JSON (additive schema: new fields get serde
 //! defaults, so old packs stay readable) followed by the ordered chunk list in binary. An event is
-//! a change to a file that is not a new version.
+//! a change to a file that is not a new version, or a change to the accounts (`account`).
 
 use serde::{Deserialize, Serialize};
 
+use super::account::AccountEvent;
 use crate::id::{ChunkId, FileId};
 
 /// One entry of a version's chunk list.
@@ -198,6 +199,9 @@ pub enum FileEvent {
     /// Every signed link of the file minted so far stops working: its link epoch moves on
     /// (`Store::revoke_links`). Journaled so that `recover` does not bring revoked links back.
     RevokeLinks { file_id: FileId, at_ms: i64 },
+    /// A change to users, tokens or organisation limits (`pack::account`). Not about a file,
+    /// but journaled and replayed in the same order as file events.
+    Account(AccountEvent),
 }
 
 impl FileEvent {

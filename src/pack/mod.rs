@@ -7,6 +7,7 @@
 //! records those lengths; bytes past a pack's committed length belong to no committed operation
 //! and are truncated at the next open.
 
+pub mod account;
 pub mod manifest;
 pub mod record;
 pub mod storage;

@@ -827,3 +827,79 @@ fn purge_and_gc_reclaim_space_and_dry_runs_do_not() {
     assert!(pack_bytes(&cli) < 1000, "{}", pack_bytes(&cli));
     cli.ok(&["verify"]);
 }
+
+/// The operator's path end to end, all through the binary: users, tokens, a revocation, quota
+/// overrides and an organisation limit made with `tessera user` and `tessera quota`; the index
+/// deleted; `tessera recover`; then `tessera serve` accepts the old tokens, refuses the
+/// revoked one, and applies the same tiers, organisations and limits.
+#[test]
+fn accounts_made_with_the_cli_survive_recover_and_serve() {
+    use crate::http::ServeProcess;
+    use reqwest::blocking::Client;
+    use reqwest::blocking::multipart::{Form, Part};
+
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    let token = |args: &[&str]| cli.ok_text(args).trim().to_string();
+    let alice = token(&["user", "add", "alice", "--tier", "pro", "--org", "acme"]);
+    let ops = token(&["user", "add", "ops", "--admin"]);
+    let bob_old = token(&["user", "add", "bob", "--quota", "1MiB"]);
+    cli.ok(&["user", "revoke", "bob"]);
+    let bob = token(&["user", "token", "bob"]);
+    cli.ok(&["quota", "org", "set", "acme", "500GB"]);
+    cli.ok(&["quota", "set", "alice", "7GiB"]);
+    let views = || {
+        (
+            cli.json(&["user", "ls"]),
+            cli.json(&["quota", "show", "alice"]),
+            cli.json(&["quota", "show", "bob"]),
+            cli.json(&["quota", "orgs"]),
+        )
+    };
+    let before = views();
+
+    fs::remove_file(cli.store().join("index.redb")).unwrap();
+    let report = cli.json(&["recover"]);
+    assert_eq!(report["users"], 3, "{report}");
+    assert_eq!(report["accounts"], 7, "{report}");
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    assert_eq!(views(), before);
+    assert_eq!(cli.json(&["verify"])["ok"], true);
+
+    let server = ServeProcess::start(&cli.store(), Some(alice.clone()));
+    let http = Client::new();
+    let get = |path: &str, token: &str| {
+        http.get(format!("{}{path}", server.url))
+            .bearer_auth(token)
+            .send()
+            .unwrap()
+    };
+    assert_eq!(get("/api/files", &alice).status(), 200);
+    assert_eq!(get("/api/files", &bob).status(), 200);
+    assert_eq!(get("/api/files", &bob_old).status(), 401);
+    assert_eq!(get("/api/admin/storage/stats", &ops).status(), 200);
+    assert_eq!(get("/api/admin/storage/stats", &alice).status(), 403);
+    let q: Value = get("/api/quota", &alice).json().unwrap();
+    assert_eq!(
+        (&q["tier"], &q["org"], &q["limit"], &q["org_limit"]),
+        (
+            &Value::from("pro"),
+            &Value::from("acme"),
+            &Value::from(7u64 << 30),
+            &Value::from(500_000_000_000u64)
+        )
+    );
+    // bob's override still binds: 2 MB do not fit in 1 MiB, and nothing is stored.
+    let r = http
+        .post(format!("{}/api/files", server.url))
+        .bearer_auth(&bob)
+        .multipart(Form::new().part(
+            "file",
+            Part::bytes(text_bytes(5, 2_000_000)).file_name("big.txt"),
+        ))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    let listed: Value = get("/api/files", &bob).json().unwrap();
+    assert_eq!(listed["files"], serde_json::json!([]), "{listed}");
+}

@@ -133,3 +133,100 @@ fn store_v1_opens_read_only_without_writing() {
     drop(store);
     assert_eq!(fs::read(t.path().join("index.redb")).unwrap(), before);
 }
+
+/// The bytes of every pack of the store at `dir`, by file name.
+fn pack_bytes(dir: &Path) -> Vec<(std::ffi::OsString, Vec<u8>)> {
+    let mut out: Vec<_> = fs::read_dir(dir.join("packs"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name(), fs::read(e.path()).unwrap())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The fixture's accounts lived only in its index. The first read-write open journals them
+/// (once: a second open appends nothing), so after losing the index `recover` brings back
+/// users, admin flag, tiers, organisation and its limit, quota overrides, valid tokens — and
+/// revoked ones stay revoked.
+#[test]
+fn store_v1_accounts_survive_losing_the_index_after_one_read_write_open() {
+    let t = copy_of_fixture();
+    drop(Store::open(t.path(), Config::default()).unwrap());
+    let journaled = pack_bytes(&t.path());
+    assert_ne!(journaled, pack_bytes(&fixture()), "the first open journals");
+    drop(Store::open(t.path(), Config::default()).unwrap());
+    assert_eq!(pack_bytes(&t.path()), journaled, "once");
+
+    fs::remove_file(t.path().join("index.redb")).unwrap();
+    let report = tessera::recover(t.path(), &Config::default(), &()).unwrap();
+    assert!(report.problems.is_empty(), "{report:#?}");
+    assert_eq!(
+        (report.accounts, report.users, report.users_kept),
+        (1, 3, 0),
+        "one snapshot, three users"
+    );
+    let store = Store::open(t.path(), Config::default()).unwrap();
+    check_contents(&store);
+    let acme = store.quota_orgs().unwrap();
+    let acme = acme.iter().find(|o| o.org == "acme").unwrap();
+    assert_eq!((acme.limit, acme.members), (Some(500_000_000_000), 1));
+    assert!(!store.user("alice").unwrap().admin);
+    assert!(!store.user("bob").unwrap().admin);
+}
+
+/// A read-only open journals nothing: packs and index stay byte for byte as they were.
+#[test]
+fn store_v1_read_only_open_writes_no_journal() {
+    let t = copy_of_fixture();
+    let store = Store::open_read_only(t.path(), Config::default()).unwrap();
+    check_contents(&store);
+    drop(store);
+    assert_eq!(pack_bytes(&t.path()), pack_bytes(&fixture()));
+    assert_eq!(
+        fs::read(t.path().join("index.redb")).unwrap(),
+        fs::read(fixture().join("index.redb")).unwrap()
+    );
+}
+
+/// A crash after the snapshot of the accounts reached the pack but before the index commit
+/// that marks them journaled (the fixture's own index put back over the journaled packs is
+/// that state): `recover` replays the uncommitted snapshot, which holds exactly what the index
+/// held; a normal open cuts it off and journals the accounts again, once.
+#[test]
+fn store_v1_migration_cut_before_its_commit_is_redone_once() {
+    let t = copy_of_fixture();
+    drop(Store::open(t.path(), Config::default()).unwrap());
+    let original_index = fixture().join("index.redb");
+
+    // Recover from that state, without the index.
+    let crashed = copy_of_fixture();
+    for (name, bytes) in pack_bytes(&t.path()) {
+        fs::write(crashed.path().join("packs").join(name), bytes).unwrap();
+    }
+    fs::remove_file(crashed.path().join("index.redb")).unwrap();
+    let report = tessera::recover(crashed.path(), &Config::default(), &()).unwrap();
+    assert_eq!((report.accounts, report.users), (1, 3), "{report:#?}");
+    check_contents(&Store::open(crashed.path(), Config::default()).unwrap());
+
+    // Open from that state: the tail goes, the journaling is done again.
+    fs::copy(&original_index, t.path().join("index.redb")).unwrap();
+    let store = Store::open(t.path(), Config::default()).unwrap();
+    assert_eq!(
+        store.open_report().truncated.len(),
+        1,
+        "the snapshot is cut"
+    );
+    check_contents(&store);
+    drop(store);
+    fs::remove_file(t.path().join("index.redb")).unwrap();
+    let report = tessera::recover(t.path(), &Config::default(), &()).unwrap();
+    assert_eq!(
+        (report.accounts, report.users),
+        (1, 3),
+        "exactly one snapshot: {report:#?}"
+    );
+    check_contents(&Store::open(t.path(), Config::default()).unwrap());
+}

@@ -345,3 +345,94 @@ fn a_compaction_cut_short_between_batches_is_consistent_and_the_next_run_finishe
         assert_eq!(&store.read_all(*id).unwrap(), data);
     }
 }
+
+/// An account change whose commit fails (the pack sync fails) is not half-applied: it is not
+/// there after the error, nor after a reopen, nor after `recover` (its record is revoked), nor
+/// after compaction rewrote the pack that held it and its revocation; the changes that
+/// returned are all there.
+#[test]
+fn a_failed_account_change_is_never_applied_nor_replayed() {
+    use tessera::users::NewUser;
+    let t = TempStore::new();
+    drop(t.create());
+    let (store, faults) = open_faulty(&t, Config::default());
+    let (_, alice) = store.user_add("alice", NewUser::default()).unwrap();
+
+    faults.failing_syncs.store(1, Ordering::SeqCst);
+    let admin = NewUser {
+        admin: true,
+        ..Default::default()
+    };
+    let err = store.user_add("mallory", admin.clone()).unwrap_err();
+    assert!(err.to_string().contains("syncing"), "{err}");
+    faults.failing_syncs.store(1, Ordering::SeqCst);
+    store.user_revoke_tokens("alice").unwrap_err();
+    faults.failing_syncs.store(1, Ordering::SeqCst);
+    store.quota_set("alice", Some(1)).unwrap_err();
+    faults.failing_syncs.store(1, Ordering::SeqCst);
+    store.org_quota_set("acme", Some(1)).unwrap_err();
+    let mut promoted = store.user("alice").unwrap();
+    promoted.admin = true;
+    faults.failing_syncs.store(1, Ordering::SeqCst);
+    store.user_update(&promoted).unwrap_err();
+
+    let check = |store: &Store| {
+        assert!(matches!(store.user("mallory"), Err(Error::NotFound { .. })));
+        let a = store
+            .authenticate(&alice)
+            .unwrap()
+            .expect("alice's token works");
+        assert_eq!((a.name.as_str(), a.admin, a.quota), ("alice", false, None));
+        assert!(
+            store
+                .quota_orgs()
+                .unwrap()
+                .iter()
+                .all(|o| o.limit.is_none())
+        );
+        assert!(store.verify(&()).unwrap().is_ok());
+    };
+    check(&store);
+    // A later commit makes the failed records part of the committed length.
+    let bob = store.user_add("bob", NewUser::default()).unwrap().1;
+    check(&store);
+    drop(store);
+    check(&t.open());
+
+    std::fs::remove_file(t.path().join("index.redb")).unwrap();
+    let report = tessera::recover(t.path(), &Config::default(), &()).unwrap();
+    assert_eq!((report.revoked, report.accounts), (5, 2), "{report:#?}");
+    let store = t.open();
+    check(&store);
+    assert_eq!(store.authenticate(&bob).unwrap().unwrap().name, "bob");
+
+    // Compaction drops the pack with the failed records and their revocations.
+    let big = store
+        .put(&random_bytes(60, 2_000_000)[..], &PutOptions::key("big"))
+        .unwrap()
+        .file
+        .id;
+    store.delete(big).unwrap();
+    store
+        .purge_deleted(std::time::Duration::ZERO, false)
+        .unwrap();
+    let gc = store
+        .gc(&tessera::GcOptions {
+            grace: std::time::Duration::ZERO,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(gc.packs_compacted.contains(&1), "{gc:#?}");
+    check(&store);
+    drop(store);
+    std::fs::remove_file(t.path().join("index.redb")).unwrap();
+    let report = tessera::recover(t.path(), &Config::default(), &()).unwrap();
+    assert_eq!(
+        (report.revoked, report.accounts),
+        (0, 1),
+        "a snapshot: {report:#?}"
+    );
+    let store = t.open();
+    check(&store);
+    assert_eq!(store.authenticate(&bob).unwrap().unwrap().name, "bob");
+}

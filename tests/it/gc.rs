@@ -399,3 +399,150 @@ fn racing_puts_never_lose_a_chunk_to_the_collector() {
         assert_eq!(&store.read_all(*id).unwrap(), &pool[*which], "file {id}");
     }
 }
+
+/// Compaction never copies account events: it writes one snapshot of the accounts instead,
+/// after every record it replaces. A pack holding a user's tokens and their revocation is
+/// rewritten and deleted; `recover` then rebuilds the accounts from the snapshot and the
+/// changes made after it, and the revoked token stays revoked.
+#[test]
+fn compaction_keeps_accounts_as_a_snapshot_and_revocations_hold() {
+    use tessera::users::NewUser;
+    let t = TempStore::new();
+    let clock = new_clock();
+    let store = Store::create(t.path(), config(&clock)).unwrap();
+    let (_, alice) = store.user_add("alice", NewUser::default()).unwrap();
+    let (_, bob_old) = store
+        .user_add(
+            "bob",
+            NewUser {
+                quota: Some(1 << 20),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    store.user_revoke_tokens("bob").unwrap();
+    let bob = store.user_new_token("bob").unwrap();
+    store.org_quota_set("acme", Some(1 << 30)).unwrap();
+    // Garbage around the account events, so their pack passes the threshold.
+    let keep = put(&store, &random_bytes(1, 100_000), "keep.bin");
+    let big = put(&store, &random_bytes(2, 800_000), "big.bin");
+    store.delete(big).unwrap();
+    clock.advance(31 * DAY);
+    store.purge_deleted(30 * DAY, false).unwrap();
+    clock.advance(2 * HOUR);
+    let report = store.gc(&GcOptions::default()).unwrap();
+    assert!(report.packs_compacted.contains(&1), "{report:#?}");
+    assert!(!t.path().join("packs/00000001.pack").exists());
+    assert_verifies(&store);
+    // After the snapshot: more changes, replayed on top of it.
+    store.user_revoke_tokens("alice").unwrap();
+    let alice_new = store.user_new_token("alice").unwrap();
+    let users = store.users().unwrap();
+    drop(store);
+
+    std::fs::remove_file(t.path().join("index.redb")).unwrap();
+    let r = tessera::recover(t.path(), &config(&clock), &()).unwrap();
+    assert!(r.problems.is_empty(), "{r:#?}");
+    assert_eq!(r.accounts, 3, "the snapshot and the two changes after it");
+    let store = Store::open(t.path(), config(&clock)).unwrap();
+    assert_eq!(store.users().unwrap(), users);
+    let who = |token: &str| store.authenticate(token).unwrap().map(|u| u.name);
+    assert_eq!(who(&bob_old), None, "revoked before the compaction");
+    assert_eq!(who(&alice), None, "revoked after the compaction");
+    assert_eq!(who(&bob).as_deref(), Some("bob"));
+    assert_eq!(who(&alice_new).as_deref(), Some("alice"));
+    assert_eq!(store.user("bob").unwrap().quota, Some(1 << 20));
+    let orgs = store.quota_orgs().unwrap();
+    assert_eq!(
+        orgs.iter().find(|o| o.org == "acme").and_then(|o| o.limit),
+        Some(1 << 30)
+    );
+    assert_eq!(store.read_all(keep).unwrap(), random_bytes(1, 100_000));
+    assert_verifies(&store);
+}
+
+/// The `pack_garbage` rows of the index, by pack.
+fn pack_garbage(store: &Store) -> BTreeMap<u32, u64> {
+    store
+        .debug_index_dump()
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let mut it = l.strip_prefix("pack_garbage ")?.split(' ');
+            Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The journal keeps one live account snapshot: a compaction that writes a new one counts the
+/// one it replaces as garbage of its pack (here a pack full of live data that is not rewritten),
+/// and drops account events older than the latest snapshot without writing another. However
+/// many cycles of changes and compactions, `recover` replays a snapshot and the few changes
+/// after it.
+#[test]
+fn superseded_account_snapshots_are_garbage_and_the_journal_stays_small() {
+    use tessera::users::NewUser;
+    let t = TempStore::new();
+    let clock = new_clock();
+    let store = Store::create(t.path(), config(&clock)).unwrap();
+    let no_grace = GcOptions {
+        grace: Duration::ZERO,
+        ..Default::default()
+    };
+    let churn = |i: u64| {
+        let junk = put(&store, &random_bytes(100 + i, 400_000), "junk.bin");
+        store.delete(junk).unwrap();
+        store.purge_deleted(Duration::ZERO, false).unwrap();
+        store.gc(&no_grace).unwrap()
+    };
+    store.user_add("alice", NewUser::default()).unwrap();
+    let first = churn(0);
+    assert_eq!(first.packs_compacted, vec![1], "{first:#?}");
+    // The snapshot is in the active pack; live data fills it up behind it.
+    let with_snapshot: u32 = std::fs::read_dir(t.path().join("packs"))
+        .unwrap()
+        .filter_map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_str()?
+                .strip_suffix(".pack")?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap();
+    let keep = put(&store, &random_bytes(1, 1_500_000), "keep.bin");
+    assert!(
+        pack_garbage(&store).is_empty(),
+        "{:?}",
+        pack_garbage(&store)
+    );
+
+    for i in 1..12 {
+        store
+            .user_add(&format!("user{i}"), NewUser::default())
+            .unwrap();
+        let report = churn(i);
+        assert!(!report.packs_compacted.is_empty(), "{report:#?}");
+    }
+    let garbage = pack_garbage(&store);
+    let snapshot = garbage.get(&with_snapshot).copied().unwrap_or(0);
+    assert!(
+        snapshot > 0 && snapshot < 1000,
+        "the first snapshot, in pack {with_snapshot}, counts as garbage: {garbage:?}"
+    );
+    let users = store.users().unwrap();
+    drop(store);
+
+    std::fs::remove_file(t.path().join("index.redb")).unwrap();
+    let r = tessera::recover(t.path(), &config(&clock), &()).unwrap();
+    assert!(r.problems.is_empty(), "{r:#?}");
+    assert!(
+        r.accounts <= 2,
+        "a snapshot and at most the change after it: {r:#?}"
+    );
+    let store = Store::open(t.path(), config(&clock)).unwrap();
+    assert_eq!(store.users().unwrap(), users);
+    assert_eq!(store.read_all(keep).unwrap(), random_bytes(1, 1_500_000));
+    assert_verifies(&store);
+}

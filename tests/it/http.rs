@@ -16,6 +16,15 @@ use tessera::{Config, Store};
 
 use crate::common::{TempStore, TestClock, random_bytes, text_bytes};
 
+/// A [`Service`] that was stopped: its store's directory, clock and users' tokens.
+pub struct Stopped {
+    pub tmp: TempStore,
+    pub clock: Arc<TestClock>,
+    pub admin: String,
+    pub alice: String,
+    pub bob: String,
+}
+
 /// A service on a free loopback port, with an admin and two users.
 pub struct Service {
     pub url: String,
@@ -82,6 +91,56 @@ impl Service {
             .unwrap();
         let (_, alice) = store.user_add("alice", NewUser::default()).unwrap();
         let (_, bob) = store.user_add("bob", NewUser::default()).unwrap();
+        Service::serve(
+            store,
+            settings,
+            Stopped {
+                tmp,
+                clock,
+                admin,
+                alice,
+                bob,
+            },
+        )
+    }
+
+    /// Stops the server and closes the store, keeping its directory, clock and tokens for
+    /// [`Service::restart`] (after losing the index and a `recover`, say).
+    pub fn stop(mut self) -> Stopped {
+        let tmp = std::mem::replace(&mut self._tmp, TempStore::new());
+        let stopped = Stopped {
+            tmp,
+            clock: self.clock.clone(),
+            admin: self.admin.clone(),
+            alice: self.alice.clone(),
+            bob: self.bob.clone(),
+        };
+        // Shuts the server down; the store closes with the last handle.
+        drop(self);
+        stopped
+    }
+
+    /// Serves a stopped service's store again, with the settings `tweak` makes.
+    pub fn restart(stopped: Stopped, tweak: impl FnOnce(&mut Settings)) -> Service {
+        let mut settings = Settings::default();
+        settings.server.listen = "127.0.0.1:0".parse().unwrap();
+        tweak(&mut settings);
+        let config = Config {
+            clock: stopped.clock.clone(),
+            ..settings.store_config()
+        };
+        let store = Store::open(stopped.tmp.path(), config).unwrap();
+        Service::serve(store, settings, stopped)
+    }
+
+    fn serve(store: Store, settings: Settings, s: Stopped) -> Service {
+        let Stopped {
+            tmp,
+            clock,
+            admin,
+            alice,
+            bob,
+        } = s;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()

@@ -224,6 +224,17 @@ pub fn recover(ctx: &Ctx) -> CmdResult {
         "rebuilt the index from {} packs ({} records): {} files, {} versions, {} chunks, {} events",
         report.packs, report.records, report.files, report.versions, report.chunks, report.events
     )];
+    out.push(format!(
+        "accounts: {} users ({} account records replayed)",
+        report.users, report.accounts
+    ));
+    if report.users_kept > 0 {
+        out.push(format!(
+            "copied {} users from the old index, which had not journaled them (the next \
+             read-write open journals them)",
+            report.users_kept
+        ));
+    }
     if report.revoked > 0 {
         out.push(format!(
             "skipped {} records of operations that never committed",

@@ -4,6 +4,13 @@
 //! `ACK <key> <version> <blake3-hex> <size>` is printed (and flushed) only after `Store::put`
 //! returned `Ok`, so every ACKed (key, version) must read back with that hash after the crash.
 //! Content is a pure function of (seed, thread, i), so a run can be replayed.
+//!
+//! With `--accounts` the threads change accounts instead of putting files. Each thread works on
+//! users `a<seed>t<thread>u<n>` (tier `pro` for even n) and organisation `a<seed>t<thread>`,
+//! cycling through: add (with a quota override), a second token, revoke, a third token, a new
+//! quota, a new organisation limit. Before each change it prints `TRY <thread> <op> <user>`,
+//! after it returned `ACCT <thread> <op> <user> [token|bytes]` — so every `ACCT` change must
+//! be found after the crash, and the `TRY` without its `ACCT` is the one change in flight.
 
 use std::io::Write;
 
@@ -31,6 +38,10 @@ pub struct StressArgs {
     /// the acknowledged ones and runs GC (no grace) with compaction, in a loop.
     #[arg(long)]
     gc: bool,
+    /// The threads change accounts (users, tokens, revocations, quotas, organisation limits)
+    /// instead of putting files.
+    #[arg(long)]
+    accounts: bool,
 }
 
 /// The key of the XOF that makes file `i` of `thread`.
@@ -94,6 +105,20 @@ pub fn run(ctx: &Ctx, a: StressArgs) -> CmdResult {
             }
         });
     }
+    if a.accounts {
+        let handles: Vec<_> = (0..a.threads)
+            .map(|t| {
+                let store = store.clone();
+                let seed = a.seed;
+                std::thread::spawn(move || account_changes(&store, seed, t))
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| Fail::new("error", "a stress thread panicked"))?;
+        }
+        return Ok(Status::Ok);
+    }
     let handles: Vec<_> = (0..a.threads)
         .map(|t| {
             let store = store.clone();
@@ -142,4 +167,56 @@ pub fn run(ctx: &Ctx, a: StressArgs) -> CmdResult {
             .map_err(|_| Fail::new("error", "a stress thread panicked"))?;
     }
     Ok(Status::Ok)
+}
+
+/// Prints a line and flushes it, or ends the process (the harness is gone).
+fn say(line: String) {
+    let mut out = std::io::stdout().lock();
+    if out
+        .write_all(line.as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        std::process::exit(1);
+    }
+}
+
+/// The `--accounts` workload of thread `t` (see the module docs), until killed.
+fn account_changes(store: &Store, seed: u64, t: u32) {
+    let org = format!("a{seed}t{t}");
+    for n in 0u64.. {
+        let user = format!("a{seed}t{t}u{n}");
+        for op in ["add", "token", "revoke", "token", "quota", "org"] {
+            say(format!("TRY {t} {op} {user}"));
+            let done = match op {
+                "add" => store
+                    .user_add(
+                        &user,
+                        tessera::users::NewUser {
+                            tier: n.is_multiple_of(2).then(|| "pro".to_string()),
+                            org: Some(org.clone()),
+                            quota: Some(1000 + n),
+                            admin: false,
+                        },
+                    )
+                    .map(|(_, token)| token),
+                "token" => store.user_new_token(&user),
+                "revoke" => store.user_revoke_tokens(&user).map(|n| n.to_string()),
+                "quota" => store
+                    .quota_set(&user, Some(2000 + n))
+                    .map(|_| (2000 + n).to_string()),
+                _ => store
+                    .org_quota_set(&org, Some(3000 + n))
+                    .map(|_| (3000 + n).to_string()),
+            };
+            match done {
+                Ok(what) => say(format!("ACCT {t} {op} {user} {what}")),
+                Err(e) => {
+                    eprintln!("ERR {op} {user} {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+    }
 }

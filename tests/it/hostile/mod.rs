@@ -3,6 +3,7 @@
 //! gets and what is (or is not) stored afterwards. One module per area of attack; the
 //! fixtures (`Service`: a server with an admin, alice and bob) are in `crate::http`.
 
+mod accounts;
 mod internals;
 mod links;
 mod visibility;
