@@ -820,8 +820,13 @@ fn live_event(w: &WriteTx, inner: &Inner, id: u32, plain: &[u8]) -> Result<Event
         FileEvent::Delete { file_id, .. } | FileEvent::Undelete { file_id, .. } => {
             w.file(file_id)?.is_some()
         }
-        // Needed while a record it cancels may still be replayed.
-        FileEvent::Revoke { pack, .. } => exists(pack),
+        // Kept for good. The record it cancels (a failed delete, say) may itself be copied by
+        // this or a later compaction — its file still exists, so it looks live — and the copy
+        // keeps its original position, which is what the revocation names. Dropping the
+        // revocation once the original pack is gone would let `recover` replay the copy: a
+        // change its caller was told had failed. Revocations are a few dozen bytes, one per
+        // record of a failed commit.
+        FileEvent::Revoke { .. } => true,
         FileEvent::Purge { manifests, .. } => manifests.iter().any(|&(p, _)| exists(p)),
         FileEvent::DropVersion { manifest, .. } => exists(manifest.0),
         // The verdict belongs to the version while it lives, and replay needs the event

@@ -436,3 +436,60 @@ fn a_failed_account_change_is_never_applied_nor_replayed() {
     check(&store);
     assert_eq!(store.authenticate(&bob).unwrap().unwrap().name, "bob");
 }
+
+/// A change whose commit failed is revoked in the journal. Compaction must not turn it back
+/// into a committed one: it copies the record (its file still exists), so the revocation has to
+/// follow it — else `recover` replays a delete (or a visibility change) the caller was told
+/// had failed.
+#[test]
+fn a_failed_delete_stays_failed_after_compaction_and_recover() {
+    let t = TempStore::new();
+    let config = Config {
+        pack_target_size: 1 << 20,
+        ..Config::default()
+    };
+    drop(Store::create(t.path(), config.clone()).unwrap());
+    let (store, faults) = open_faulty(&t, config.clone());
+    let a = store
+        .put(&b"keep me"[..], &PutOptions::key("a"))
+        .unwrap()
+        .file
+        .id;
+    let b = store
+        .put(&random_bytes(1, 900_000)[..], &PutOptions::key("b"))
+        .unwrap()
+        .file
+        .id;
+    faults.failing_syncs.store(1, Ordering::SeqCst);
+    assert!(store.delete(a).is_err(), "the delete's commit fails");
+    assert!(!store.stat(a).unwrap().deleted);
+    // Roll past the pack that holds the failed delete, then make that pack mostly garbage.
+    store
+        .put(&random_bytes(2, 1_500_000)[..], &PutOptions::key("c"))
+        .unwrap();
+    store.delete(b).unwrap();
+    store.purge_deleted(std::time::Duration::ZERO, false).unwrap();
+    let gc = store
+        .gc(&tessera::GcOptions {
+            grace: std::time::Duration::ZERO,
+            compact_threshold: 0.0,
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        !gc.packs_compacted.is_empty(),
+        "the pack with the failed delete is rewritten: {gc:?}"
+    );
+    assert!(!store.stat(a).unwrap().deleted);
+    drop(store);
+
+    std::fs::remove_file(t.path().join("index.redb")).unwrap();
+    let report = tessera::recover(t.path(), &config, &()).unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    let store = Store::open(t.path(), config).unwrap();
+    assert!(
+        !store.stat(a).unwrap().deleted,
+        "recover replayed a delete whose commit had failed"
+    );
+    assert_eq!(store.read_all(a).unwrap(), b"keep me");
+}
