@@ -1013,6 +1013,48 @@ mod tests {
     }
 
     #[test]
+    fn upload_limits_and_category_defaults() {
+        let d = Settings::default();
+        assert_eq!(d.uploads.max_sessions_per_user, 20);
+        assert_eq!(d.uploads.session_metadata_budget, ByteSize::kib(64));
+        assert_eq!(d.uploads.deferred_reservation, ByteSize::mb(100));
+        assert!(!d.uploads.local_category_limits);
+        let p = d.policy();
+        assert_eq!(p.categories["other"].max_size, 100_000_000);
+        assert_eq!(p.categories["archives"].max_size, 100_000_000);
+        let c = d.store_config();
+        assert_eq!(c.sessions, SessionLimits::default());
+        assert!(!c.local_category_limits);
+
+        let s = Settings::parse(
+            "[uploads]\nmax_sessions_per_user = 3\nsession_metadata_budget = \"1KiB\"\n\
+             deferred_reservation = \"5MB\"\nlocal_category_limits = true\n\
+             [categories.other]\nmax_size = \"1MB\"\n",
+        )
+        .unwrap();
+        let c = s.store_config();
+        assert_eq!(
+            c.sessions,
+            SessionLimits {
+                max_open_per_user: 3,
+                metadata_budget: 1024,
+                deferred_reservation: 5_000_000,
+            }
+        );
+        assert!(c.local_category_limits);
+        assert_eq!(c.policy.categories.len(), 1);
+        let back = Settings::parse(&toml::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back.uploads.max_sessions_per_user, 3);
+        for bad in [
+            "[uploads]\nmax_sessions_per_user = 0\n",
+            "[uploads]\nmax_sessions = 5\n",
+            "[uploads]\ndeferred_reservation = \"lots\"\n",
+        ] {
+            assert!(Settings::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn quotas_section() {
         let d = Settings::default();
         assert_eq!(d.quotas.tiers.len(), 4);
@@ -1045,9 +1087,14 @@ mod tests {
         assert_eq!(scan.clamd, ClamdAddress::Tcp("127.0.0.1:3310".into()));
         assert!(!scan.fail_open);
         let c = s.store_config().scan.unwrap();
-        assert!(c.categories.covers("documents") && c.categories.covers("archives"));
-        assert!(!c.categories.covers("images"));
+        // With [scan] present, every upload is scanned unless the list is narrowed.
+        assert_eq!(scan.categories, ["all"]);
+        assert_eq!(c.categories, ScanCategories::All);
+        assert!(c.categories.covers("images") && c.categories.covers("other"));
         assert_eq!(c.stream_max, 100 << 20);
+        let narrowed = Settings::parse("[scan]\ncategories = [\"documents\"]\n").unwrap();
+        let c = narrowed.store_config().scan.unwrap();
+        assert!(c.categories.covers("documents") && !c.categories.covers("other"));
 
         let s = Settings::parse(
             "[scan]\nclamd = \"unix:/run/clamd.sock\"\nfail_open = true\ncategories = [\"all\"]\n\

@@ -76,7 +76,5 @@ pub use store::{
     Config, FileInfo, FileReader, ListPage, ListQuery, PutOptions, PutReport, Store, StoreStats,
     TierStats, VersionInfo,
 };
-pub use upload::{
-    Checksum, ChecksumAlgo, SessionLimits, SweepReport, UploadMeta, UploadSession,
-};
+pub use upload::{Checksum, ChecksumAlgo, SessionLimits, SweepReport, UploadMeta, UploadSession};
 pub use validate::Origin;

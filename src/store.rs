@@ -1095,7 +1095,10 @@ impl Store {
         let source = admission.guard(QuotaGate::new(source, quota.clone()))?;
         let category = source.category().to_string();
         let mime = source.mime().to_string();
-        let scanned: Vec<String> = (source.decision().scan_categories().into_iter())
+        let scanned: Vec<String> = source
+            .decision()
+            .scan_categories()
+            .into_iter()
             .map(String::from)
             .collect();
         let scanned: Vec<&str> = scanned.iter().map(String::as_str).collect();

@@ -856,9 +856,7 @@ impl Store {
             .saturating_add(ttl_ms(self.inner().config.upload_ttl));
         w.put_upload(&rec)?;
         w.commit()?;
-        self.inner()
-            .open_uploads
-            .renew(id, rec.session.expires_ms);
+        self.inner().open_uploads.renew(id, rec.session.expires_ms);
         Ok(rec.session)
     }
 

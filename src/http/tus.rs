@@ -841,7 +841,10 @@ mod tests {
         );
         let m = parse_metadata(&headers(&[("upload-metadata", &raw)])).unwrap();
         assert_eq!(m.mime, None);
-        assert_eq!(parse_metadata(&HeaderMap::new()).unwrap().origin, Origin::Client);
+        assert_eq!(
+            parse_metadata(&HeaderMap::new()).unwrap().origin,
+            Origin::Client
+        );
 
         for bad in [
             "bad key aGk=".to_string(),

@@ -15,7 +15,8 @@
 //!
 //! The category is the server's decision, from the extension and the detected type:
 //! 1. the first category (by name) that lists the file's extension; else
-//! 2. the first that lists its validated MIME type (so a PDF named `x.bin` is a document); else
+//! 2. the first that lists its validated MIME type and takes its extension — any extension when
+//!    the name claims no type (so a PDF named `x.bin` or `report` is a document); else
 //! 3. the catch-all the caller named, if it named one; else the policy's catch-all (`other`);
 //!    else the file is refused (`type_not_allowed`).
 //!
@@ -115,9 +116,7 @@ impl Policy {
             ),
             None => None,
         };
-        let listed = extension
-            .as_deref()
-            .and_then(|e| self.listing_extension(e));
+        let listed = extension.as_deref().and_then(|e| self.listing_extension(e));
         let a = Admission {
             policy: self,
             describe: describe_ext(extension.as_deref(), claims.name),
@@ -238,10 +237,9 @@ impl<'p> Admission<'p> {
     /// category lists its extension: those listing a type the name or the declared type
     /// claims (any type, when they claim none), and the catch-alls.
     fn candidates(&self) -> impl Iterator<Item = &'p str> + '_ {
-        let claimed: Option<Vec<String>> = self
-            .extension
-            .as_deref()
-            .and_then(Claim::extension)
+        let ext_claim = self.extension.as_deref().and_then(Claim::extension);
+        let name_claims = ext_claim.is_some();
+        let claimed: Option<Vec<String>> = ext_claim
             .map(|c| c.mimes)
             .filter(|m| !m.is_empty())
             .or_else(|| {
@@ -251,11 +249,26 @@ impl<'p> Admission<'p> {
             });
         self.policy.categories.iter().filter_map(move |(k, r)| {
             let by_type = !r.mime_types.is_empty()
+                && (!name_claims || r.allows_extension(self.extension.as_deref()))
                 && claimed
                     .as_ref()
                     .is_none_or(|ms| ms.iter().any(|m| allows_mime(&r.mime_types, m)));
             (by_type || r.is_catch_all()).then_some(k.as_str())
         })
+    }
+
+    /// The first category (by name) that lists the type `mime` and takes this file's
+    /// extension. A name that claims no type (`x.bin`, `README`) is taken by any: the content
+    /// decides; a name that claims one must be allowed, as a listed extension would be.
+    fn listing_type(&self, mime: &str, name_claims: bool) -> Option<&'p str> {
+        self.policy
+            .categories
+            .iter()
+            .find(|(_, r)| {
+                r.lists_type(mime)
+                    && (!name_claims || r.allows_extension(self.extension.as_deref()))
+            })
+            .map(|(k, _)| k.as_str())
     }
 
     /// Does category `c` take this file's extension and the type `mime` (if any)?
@@ -291,7 +304,7 @@ impl<'p> Admission<'p> {
         let policy = self.policy;
         let server = self
             .listed
-            .or_else(|| policy.listing_type(&mime))
+            .or_else(|| self.listing_type(&mime, ext_claim.is_some()))
             .or_else(|| self.named.filter(|n| policy.categories[*n].is_catch_all()))
             .or_else(|| policy.catch_all())
             .ok_or_else(|| {
@@ -519,8 +532,7 @@ mod tests {
     use crate::validate::policy::tests::{admit, jpeg, pdf, png, text, zip};
     use crate::validate::policy::{TYPE_MISMATCH, TYPE_NOT_ALLOWED};
 
-    const EICAR: &[u8] =
-        b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+    const EICAR: &[u8] = b"X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 
     fn rule(exts: &[&str], mimes: &[&str], max_size: u64) -> CategoryRule {
         CategoryRule {
@@ -565,9 +577,17 @@ mod tests {
         let a = admit(&p, Some("x.JPG"), None, None, Some(5)).unwrap();
         assert_eq!(
             (a.known_category(), a.extension(), a.size_bound()),
-            (Some("images"), Some("jpg"), Some((10_000_000, Some("images"))))
+            (
+                Some("images"),
+                Some("jpg"),
+                Some((10_000_000, Some("images")))
+            )
         );
-        for (name, cat) in [("a.mov", "videos"), ("a.gz", "archives"), ("a.txt", "documents")] {
+        for (name, cat) in [
+            ("a.mov", "videos"),
+            ("a.gz", "archives"),
+            ("a.txt", "documents"),
+        ] {
             let a = admit(&p, Some(name), None, None, None).unwrap();
             assert_eq!(a.known_category(), Some(cat), "{name}");
         }
@@ -578,12 +598,16 @@ mod tests {
             assert_eq!(a.known_category(), None, "{name}");
         }
         assert_eq!(
-            admit(&p, Some("x.bin"), None, None, None).unwrap().size_bound(),
+            admit(&p, Some("x.bin"), None, None, None)
+                .unwrap()
+                .size_bound(),
             Some((500_000_000, None)),
             "x.bin could be a video"
         );
         assert_eq!(
-            admit(&p, Some("lib.rs"), None, None, None).unwrap().size_bound(),
+            admit(&p, Some("lib.rs"), None, None, None)
+                .unwrap()
+                .size_bound(),
             Some((100_000_000, None)),
             "a .rs file can only be in other"
         );
@@ -716,14 +740,19 @@ mod tests {
         let d = decided(&p, "app.jar", None, &jar).unwrap();
         assert_eq!(d.scan_categories(), ["other", "archives"]);
         assert_eq!(p.content_category(&jpeg()), Some("images"));
-        assert_eq!(p.content_category(&[0x00, 0xfe, 0x13].repeat(100)), Some("other"));
+        assert_eq!(
+            p.content_category(&[0x00, 0xfe, 0x13].repeat(100)),
+            Some("other")
+        );
     }
 
     #[test]
     fn the_validated_type_must_be_one_the_category_allows() {
         let mut p = Policy::default();
-        p.categories
-            .insert("pictures".into(), rule(&["jpg", "png"], &["image/png"], 1000));
+        p.categories.insert(
+            "pictures".into(),
+            rule(&["jpg", "png"], &["image/png"], 1000),
+        );
         p.categories.remove("images");
         assert_eq!(
             code(decided(&p, "a.jpg", None, &jpeg())),
@@ -739,14 +768,42 @@ mod tests {
     }
 
     #[test]
+    fn a_type_listed_category_takes_a_name_only_when_it_claims_nothing() {
+        let mut p = Policy::default();
+        // Images take WebP content, but not under the name .webp.
+        p.categories.get_mut("images").unwrap().extensions = vec!["png".into()];
+        let mut webp = b"RIFF\x1a\x00\x00\x00WEBPVP8L\x0d\x00\x00\x00\x2f\x00\x00\x00".to_vec();
+        webp.extend_from_slice(&[0x10, 0x07, 0x10, 0x11, 0x11, 0x88, 0x88, 0xfe, 0x07, 0x00]);
+        assert_eq!(
+            decided(&p, "a.webp", None, &webp).unwrap().category(),
+            "other"
+        );
+        assert_eq!(
+            code(decided(&p, "a.webp", Some("images"), &webp)),
+            CATEGORY_MISMATCH
+        );
+        // A name that claims nothing leaves it to the content.
+        assert_eq!(
+            decided(&p, "upload", None, &webp).unwrap().category(),
+            "images"
+        );
+    }
+
+    #[test]
     fn without_a_catch_all_unlisted_files_are_refused() {
         let mut p = Policy::default();
         p.categories.remove(crate::store::DEFAULT_CATEGORY);
         // Decided by the name, before reading.
-        assert_eq!(code(admit(&p, Some("lib.rs"), None, None, None)), TYPE_NOT_ALLOWED);
+        assert_eq!(
+            code(admit(&p, Some("lib.rs"), None, None, None)),
+            TYPE_NOT_ALLOWED
+        );
         // Decided by the content.
         assert_eq!(code(decided(&p, "README", None, &text())), TYPE_NOT_ALLOWED);
-        assert_eq!(decided(&p, "README", None, &pdf()).unwrap().category(), "documents");
+        assert_eq!(
+            decided(&p, "README", None, &pdf()).unwrap().category(),
+            "documents"
+        );
     }
 
     /// Reads in small, odd pieces.
@@ -792,8 +849,7 @@ mod tests {
     #[test]
     fn the_limit_holds_while_streaming() {
         let mut p = Policy::default();
-        p.categories
-            .insert("tiny".into(), rule(&[], &[], 100_000));
+        p.categories.insert("tiny".into(), rule(&[], &[], 100_000));
         let data = vec![b'x'; 100_001];
         // A file no category lists, in the catch-all the client named: exactly the limit
         // passes.

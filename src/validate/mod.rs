@@ -13,9 +13,9 @@ pub mod admission;
 mod names;
 pub mod policy;
 
+pub use admission::{Admission, Claims, Decision, Guarded, Origin};
 pub use names::{
     MAX_EXT_BYTES, MAX_KEY_BYTES, MAX_LABEL_BYTES, MAX_NAME_BYTES, check_key, check_label,
     sanitize_display_name,
 };
-pub use admission::{Admission, Claims, Decision, Guarded, Origin};
 pub use policy::{CategoryRule, Policy};

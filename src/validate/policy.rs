@@ -823,7 +823,8 @@ pub(super) mod tests {
         data: &[u8],
     ) -> (&'static str, String) {
         let policy = Policy::default();
-        let result = admit(&policy, Some(name), declared, category, None).and_then(|a| a.guard(data));
+        let result =
+            admit(&policy, Some(name), declared, category, None).and_then(|a| a.guard(data));
         match result {
             Err(Error::Rejected { code, detail }) => (code, detail),
             other => panic!("{name} ({declared:?}): expected a rejection, got {other:?}"),
