@@ -11,7 +11,7 @@
 //! max_upload = "5GiB"
 //! session_ttl = "24h"
 //! max_sessions_per_user = 20                   # open tus sessions per user; then 429
-//! session_metadata_budget = "64KiB"            # Upload-Metadata held by one user's open sessions
+//! session_metadata_budget = "256KiB"           # Upload-Metadata held by one user's open sessions
 //! deferred_reservation = "100MB"               # quota a deferred-length session reserves
 //! local_category_limits = false                # hold CLI/library puts to category limits too
 //!
@@ -559,7 +559,7 @@ pub struct UploadSettings {
     /// `too_many_sessions` with `Retry-After`. Default 20.
     pub max_sessions_per_user: usize,
     /// Bytes of `Upload-Metadata` (as stored) one user's open sessions may hold; past it,
-    /// 429 `session_metadata_budget`. Default 64 KiB.
+    /// 429 `session_metadata_budget`. Default 256 KiB.
     pub session_metadata_budget: ByteSize,
     /// Quota a deferred-length session (`Upload-Defer-Length: 1`) reserves at creation when
     /// its name does not decide its category (when it does, that category's `max_size`).
@@ -578,7 +578,7 @@ impl Default for UploadSettings {
             session_ttl: Duration::from_secs(24 * 3600),
             sweep_interval: Duration::from_secs(600),
             max_sessions_per_user: 20,
-            session_metadata_budget: ByteSize::kib(64),
+            session_metadata_budget: ByteSize::kib(256),
             deferred_reservation: ByteSize::mb(100),
             local_category_limits: false,
         }
@@ -1016,7 +1016,7 @@ mod tests {
     fn upload_limits_and_category_defaults() {
         let d = Settings::default();
         assert_eq!(d.uploads.max_sessions_per_user, 20);
-        assert_eq!(d.uploads.session_metadata_budget, ByteSize::kib(64));
+        assert_eq!(d.uploads.session_metadata_budget, ByteSize::kib(256));
         assert_eq!(d.uploads.deferred_reservation, ByteSize::mb(100));
         assert!(!d.uploads.local_category_limits);
         let p = d.policy();

@@ -91,7 +91,8 @@ pub struct SessionLimits {
     /// session. Default 20.
     pub max_open_per_user: usize,
     /// Bytes of session metadata (each session's [`UploadMeta`] as stored) one owner's open
-    /// sessions may hold when it creates a client session. Default 64 KiB.
+    /// sessions may hold when it creates a client session. Default 256 KiB: twenty sessions
+    /// of 10 KB each fit, twenty of the largest (16 KiB, `MAX_META_BYTES`) do not.
     pub metadata_budget: u64,
     /// What a deferred-length session reserves against its owner's quota when its name does
     /// not decide its category (when it does, the category's limit is reserved). Default
@@ -103,7 +104,7 @@ impl Default for SessionLimits {
     fn default() -> Self {
         SessionLimits {
             max_open_per_user: 20,
-            metadata_budget: 64 << 10,
+            metadata_budget: 256 << 10,
             deferred_reservation: 100 * bytesize::MB,
         }
     }

@@ -87,7 +87,7 @@ fn the_twenty_first_session_is_429_with_retry_after() {
 }
 
 #[test]
-fn a_flood_of_two_thousand_sessions_with_10_kb_metadata_is_held_to_the_budget() {
+fn a_flood_of_two_thousand_sessions_with_10_kb_metadata_is_capped() {
     // The reproduction: 2,000 deferred-length sessions with 10 KB of metadata each.
     let svc = Service::start();
     let index = svc.store.dir().join("index.redb");
@@ -104,13 +104,14 @@ fn a_flood_of_two_thousand_sessions_with_10_kb_metadata_is_held_to_the_budget() 
             StatusCode::CREATED => created += 1,
             StatusCode::TOO_MANY_REQUESTS => {
                 assert!(r.headers().contains_key("retry-after"));
+                let body: Value = r.json().unwrap();
+                assert_eq!(body["error"], "too_many_sessions", "{body}");
                 refused += 1;
             }
             other => panic!("session {i}: {other}"),
         }
     }
-    // 64 KiB of metadata holds six sessions of ~10.1 KB each.
-    assert_eq!((created, refused), (6, 1994));
+    assert_eq!((created, refused), (20, 1980));
     let held: usize = svc
         .store
         .list_uploads(Some("bob"))
@@ -118,13 +119,48 @@ fn a_flood_of_two_thousand_sessions_with_10_kb_metadata_is_held_to_the_budget() 
         .iter()
         .map(|s| serde_json::to_vec(&s.meta).unwrap().len())
         .sum();
-    assert!(held <= 64 << 10, "{held}");
+    assert!((200_000..=256 << 10).contains(&held), "{held}");
     let size_after = std::fs::metadata(&index).map_or(0, |m| m.len());
     assert!(
         size_after.saturating_sub(size_before) < 4 << 20,
         "the index grew by {} bytes",
         size_after - size_before
     );
+}
+
+#[test]
+fn the_default_metadata_budget_stops_sessions_with_the_largest_metadata() {
+    // Twenty sessions of 16 KiB of metadata (the most one may carry) would hold 320 KiB; the
+    // default budget is 256 KiB.
+    let svc = Service::start();
+    let note = "q".repeat(16_000);
+    let mut statuses = Vec::new();
+    for i in 0..20 {
+        let r = create_deferred(
+            &svc,
+            &svc.bob,
+            &meta(&[("filename", &format!("{i}.bin")), ("note", &note)]),
+        );
+        statuses.push(r.status());
+    }
+    let ok = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    assert_eq!(ok, 16, "{statuses:?}");
+    assert!(
+        statuses[16..]
+            .iter()
+            .all(|s| *s == StatusCode::TOO_MANY_REQUESTS)
+    );
+    let (_, retry, body) = error_of(create_deferred(
+        &svc,
+        &svc.bob,
+        &meta(&[("filename", "x.bin"), ("note", &note)]),
+    ));
+    assert_eq!(body["error"], "session_metadata_budget", "{body}");
+    assert_eq!(retry.as_deref(), Some(TTL_S.to_string().as_str()));
+    assert_eq!(open_sessions(&svc, "bob"), 16);
 }
 
 #[test]
