@@ -642,9 +642,27 @@ impl Store {
         Ok(session)
     }
 
+    /// The most bytes the validation policy lets a session's file have, as far as its name
+    /// and declared facts tell; `None` when no category limit applies (a local session).
+    fn session_bound(&self, meta: &UploadMeta) -> Result<Option<u64>> {
+        self.with_session_admission(meta, None, |a| a.size_bound().map(|(b, _)| b))
+    }
+
     /// Admits a session's declared facts under the validation policy, as a put of its origin
     /// with `length` declared; returns the limit of its category when the name decides it.
     fn admit_session(&self, meta: &UploadMeta, length: Option<u64>) -> Result<Option<u64>> {
+        let policy = &self.inner().config.policy;
+        self.with_session_admission(meta, length, |a| {
+            a.known_category().map(|c| policy.categories[c].max_size)
+        })
+    }
+
+    fn with_session_admission<T>(
+        &self,
+        meta: &UploadMeta,
+        length: Option<u64>,
+        f: impl FnOnce(&validate::Admission<'_>) -> T,
+    ) -> Result<T> {
         let name = meta.name.clone().or_else(|| {
             meta.key
                 .as_ref()
@@ -660,9 +678,7 @@ impl Store {
             origin: meta.origin,
             local_limits: config.local_category_limits,
         })?;
-        Ok(admission
-            .known_category()
-            .map(|c| config.policy.categories[c].max_size))
+        Ok(f(&admission))
     }
 
     /// The session `id`: `NotFound` if unknown, `Expired` past its expiry. Staged bytes past the
@@ -686,8 +702,9 @@ impl Store {
     /// Appends the bytes of `source` at `offset`, which must be the session's offset
     /// (`Conflict` otherwise, and nothing changes). Streams through a 64 KiB buffer.
     ///
-    /// - More bytes than the declared length (or than `Config::max_upload` while the length is
-    ///   deferred): `TooLarge`, and the whole part is discarded.
+    /// - More bytes than the declared length (or, while the length is deferred, than
+    ///   `Config::max_upload` or the limit the validation policy sets a file of that name):
+    ///   `TooLarge`, and the whole part is discarded.
     /// - With `checksum`, the part is hashed as it is written; on a mismatch it is discarded and
     ///   the error is `ChecksumMismatch`.
     /// - If `source` fails (a broken connection) and there is no checksum, every byte received
@@ -751,7 +768,16 @@ impl Store {
                 s.offset
             )));
         }
-        let limit = s.length.unwrap_or(self.inner().config.max_upload);
+        // While the length is deferred, no more than the file could be: `max_upload`, or less
+        // when its category's limit binds the session (a client's deferred `.jpg` stops at
+        // the images limit, not at 5 GiB).
+        let limit = match s.length {
+            Some(len) => len,
+            None => {
+                let max = self.inner().config.max_upload;
+                self.session_bound(&s.meta)?.map_or(max, |b| b.min(max))
+            }
+        };
         let room = limit.saturating_sub(s.offset);
 
         let path = self.part_path(&id);

@@ -413,3 +413,37 @@ fn the_cap_survives_a_restart() {
     store.upload_create("bob", Some(10), local).unwrap();
     assert_eq!(store.list_uploads(Some("bob")).unwrap().len(), 4);
 }
+
+#[test]
+fn a_deferred_image_session_cannot_stream_past_the_images_limit() {
+    let svc = Service::with(|s| {
+        let mut p = s.policy().categories;
+        p.get_mut("images").unwrap().max_size = 10_000;
+        s.categories = Some(p);
+    });
+    let r = create_deferred(&svc, &svc.bob, &meta(&[("filename", "photo.jpg")]));
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let url = r.headers()["location"].to_str().unwrap().to_string();
+    let patch = |offset: u64, data: Vec<u8>| {
+        svc.tus(Method::PATCH, &url, &svc.bob)
+            .header("Content-Type", "application/offset+octet-stream")
+            .header("Upload-Offset", offset.to_string())
+            .body(data)
+            .send()
+            .unwrap()
+    };
+    // Up to the limit the bytes are taken; one more is refused with the whole part.
+    let r = patch(0, vec![0xFF; 6_000]);
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let (status, _, body) = error_of(patch(6_000, vec![0xFF; 4_001]));
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let s = &svc.store.list_uploads(Some("bob")).unwrap()[0];
+    assert_eq!(s.offset, 6_000);
+    let staged = svc
+        .store
+        .dir()
+        .join("uploads")
+        .join(format!("{}.part", s.id));
+    assert_eq!(std::fs::metadata(staged).unwrap().len(), 6_000);
+    assert_eq!(svc.stored(), (0, 0));
+}
