@@ -10,6 +10,10 @@
 //! [uploads]
 //! max_upload = "5GiB"
 //! session_ttl = "24h"
+//! max_sessions_per_user = 20                   # open tus sessions per user; then 429
+//! session_metadata_budget = "256KiB"           # Upload-Metadata held by one user's open sessions
+//! deferred_reservation = "100MB"               # quota a deferred-length session reserves
+//! local_category_limits = false                # hold CLI/library puts to category limits too
 //!
 //! [links]
 //! default_ttl = "1h"
@@ -18,7 +22,7 @@
 //! [scan]                                       # virus scanning; absent: no scanning
 //! clamd = "tcp://127.0.0.1:3310"               # or "unix:/run/clamav/clamd.ctl"
 //! fail_open = false                            # scanner down: refuse (503), or store unscanned
-//! categories = ["documents", "archives"]       # or ["all"]
+//! categories = ["all"]                         # default; or a list, e.g. ["documents", "archives"]
 //! stream_max = "100MiB"                        # clamd's StreamMaxLength must be at least this
 //!
 //! [quotas]                                     # every key optional
@@ -74,7 +78,14 @@
 //! extensions = ["jpg", "jpeg", "png"]
 //! mime_types = ["image/jpeg", "image/png"]
 //! max_size = "10MB"
+//! [categories.other]                           # a catch-all: lists no extension or type
+//! max_size = "100MB"
 //! ```
+//!
+//! A file's category is the server's decision (`validate::admission`): the category that
+//! lists its extension, else the one that lists its detected type, else the catch-all. A
+//! category a client names must take the file (else 422 `category_mismatch`) and never changes
+//! its limit or its scan.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -96,6 +107,7 @@ use crate::scan::{
 };
 use crate::store::Config;
 use crate::tier::{ColdTier, LocalDirTier, RetryBudget, Secret};
+use crate::upload::SessionLimits;
 use crate::validate::{CategoryRule, Policy};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -106,7 +118,7 @@ pub struct Settings {
     pub links: LinkSettings,
     pub auth: AuthSettings,
     /// Upload categories. When present, replaces the built-in list (SPEC §2 defaults plus
-    /// `other`) as a whole, so what is allowed is exactly what the file says.
+    /// `other`, 100 MB) as a whole, so what is allowed is exactly what the file says.
     pub categories: Option<BTreeMap<String, CategoryRule>>,
     /// Virus scanning with clamd. Absent: uploads are not scanned (`serve` warns about it).
     pub scan: Option<ScanSettings>,
@@ -444,7 +456,9 @@ pub struct ScanSettings {
     /// When clamd is down, times out or fails: `false` (default) refuses the upload (503,
     /// nothing stored); `true` stores it marked unscanned.
     pub fail_open: bool,
-    /// Categories whose uploads are scanned, or `["all"]`. Default documents and archives.
+    /// Categories whose uploads are scanned, or `["all"]` (the default: every upload). A put
+    /// is scanned when the list names its category or the category its content alone belongs
+    /// to (its detected type), so no name or client-chosen category takes a file out of it.
     pub categories: Vec<String>,
     /// Longest stream sent to clamd; a larger file in a scanned category is refused (413).
     /// clamd's `StreamMaxLength` must be at least this. Default 100 MiB.
@@ -466,7 +480,7 @@ impl Default for ScanSettings {
         ScanSettings {
             clamd: ClamdAddress::Tcp("127.0.0.1:3310".into()),
             fail_open: false,
-            categories: vec!["documents".into(), "archives".into()],
+            categories: vec!["all".into()],
             stream_max: ByteSize::b(DEFAULT_STREAM_MAX),
             connect_timeout: t.connect,
             io_timeout: t.io,
@@ -546,6 +560,20 @@ pub struct UploadSettings {
     /// How often `serve` sweeps expired sessions. Default 10 min.
     #[serde(with = "duration")]
     pub sweep_interval: Duration,
+    /// Open (unfinished, unexpired) tus sessions one user may hold; one more is 429
+    /// `too_many_sessions` with `Retry-After`. Default 20.
+    pub max_sessions_per_user: usize,
+    /// Bytes of `Upload-Metadata` (as stored) one user's open sessions may hold; past it,
+    /// 429 `session_metadata_budget`. Default 256 KiB.
+    pub session_metadata_budget: ByteSize,
+    /// Quota a deferred-length session (`Upload-Defer-Length: 1`) reserves at creation when
+    /// its name does not decide its category (when it does, that category's `max_size`).
+    /// Default 100 MB.
+    pub deferred_reservation: ByteSize,
+    /// Hold local puts (`tessera put`, the library) to the categories' `max_size` too.
+    /// Default false: the store's owner is limited by quotas only; uploads through the
+    /// service always are.
+    pub local_category_limits: bool,
 }
 
 impl Default for UploadSettings {
@@ -554,6 +582,10 @@ impl Default for UploadSettings {
             max_upload: ByteSize::gib(5),
             session_ttl: Duration::from_secs(24 * 3600),
             sweep_interval: Duration::from_secs(600),
+            max_sessions_per_user: 20,
+            session_metadata_budget: ByteSize::kib(256),
+            deferred_reservation: ByteSize::mb(100),
+            local_category_limits: false,
         }
     }
 }
@@ -838,6 +870,9 @@ impl Settings {
     /// Cross-section checks: scanned categories must exist.
     pub fn check(&self) -> std::result::Result<(), String> {
         self.quotas.check()?;
+        if self.uploads.max_sessions_per_user == 0 {
+            return Err("uploads.max_sessions_per_user must be at least 1".into());
+        }
         if let Some(scan) = &self.scan {
             let policy = self.policy();
             for c in &scan.categories {
@@ -881,6 +916,12 @@ impl Settings {
             max_upload: self.uploads.max_upload.as_u64(),
             upload_ttl: self.uploads.session_ttl,
             policy: Arc::new(self.policy()),
+            local_category_limits: self.uploads.local_category_limits,
+            sessions: SessionLimits {
+                max_open_per_user: self.uploads.max_sessions_per_user,
+                metadata_budget: self.uploads.session_metadata_budget.as_u64(),
+                deferred_reservation: self.uploads.deferred_reservation.as_u64(),
+            },
             scan: self
                 .scan
                 .as_ref()
@@ -977,6 +1018,48 @@ mod tests {
     }
 
     #[test]
+    fn upload_limits_and_category_defaults() {
+        let d = Settings::default();
+        assert_eq!(d.uploads.max_sessions_per_user, 20);
+        assert_eq!(d.uploads.session_metadata_budget, ByteSize::kib(256));
+        assert_eq!(d.uploads.deferred_reservation, ByteSize::mb(100));
+        assert!(!d.uploads.local_category_limits);
+        let p = d.policy();
+        assert_eq!(p.categories["other"].max_size, 100_000_000);
+        assert_eq!(p.categories["archives"].max_size, 100_000_000);
+        let c = d.store_config();
+        assert_eq!(c.sessions, SessionLimits::default());
+        assert!(!c.local_category_limits);
+
+        let s = Settings::parse(
+            "[uploads]\nmax_sessions_per_user = 3\nsession_metadata_budget = \"1KiB\"\n\
+             deferred_reservation = \"5MB\"\nlocal_category_limits = true\n\
+             [categories.other]\nmax_size = \"1MB\"\n",
+        )
+        .unwrap();
+        let c = s.store_config();
+        assert_eq!(
+            c.sessions,
+            SessionLimits {
+                max_open_per_user: 3,
+                metadata_budget: 1024,
+                deferred_reservation: 5_000_000,
+            }
+        );
+        assert!(c.local_category_limits);
+        assert_eq!(c.policy.categories.len(), 1);
+        let back = Settings::parse(&toml::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back.uploads.max_sessions_per_user, 3);
+        for bad in [
+            "[uploads]\nmax_sessions_per_user = 0\n",
+            "[uploads]\nmax_sessions = 5\n",
+            "[uploads]\ndeferred_reservation = \"lots\"\n",
+        ] {
+            assert!(Settings::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn quotas_section() {
         let d = Settings::default();
         assert_eq!(d.quotas.tiers.len(), 4);
@@ -1009,9 +1092,14 @@ mod tests {
         assert_eq!(scan.clamd, ClamdAddress::Tcp("127.0.0.1:3310".into()));
         assert!(!scan.fail_open);
         let c = s.store_config().scan.unwrap();
-        assert!(c.categories.covers("documents") && c.categories.covers("archives"));
-        assert!(!c.categories.covers("images"));
+        // With [scan] present, every upload is scanned unless the list is narrowed.
+        assert_eq!(scan.categories, ["all"]);
+        assert_eq!(c.categories, ScanCategories::All);
+        assert!(c.categories.covers("images") && c.categories.covers("other"));
         assert_eq!(c.stream_max, 100 << 20);
+        let narrowed = Settings::parse("[scan]\ncategories = [\"documents\"]\n").unwrap();
+        let c = narrowed.store_config().scan.unwrap();
+        assert!(c.categories.covers("documents") && !c.categories.covers("other"));
 
         let s = Settings::parse(
             "[scan]\nclamd = \"unix:/run/clamd.sock\"\nfail_open = true\ncategories = [\"all\"]\n\

@@ -123,6 +123,18 @@ pub enum Error {
     )]
     QuotaExceeded(Box<crate::quota::Exceeded>),
 
+    /// The caller holds too much of something already (open upload sessions, their
+    /// metadata): nothing was created. `code` is a stable reason (`too_many_sessions`,
+    /// `session_metadata_budget`); the same call may succeed after `retry_after_s` seconds,
+    /// when the oldest of what is held expires (or sooner, if the caller finishes or abandons
+    /// some of it). HTTP answers 429 with `Retry-After`.
+    #[error("too many: {detail}")]
+    TooMany {
+        code: &'static str,
+        detail: String,
+        retry_after_s: u64,
+    },
+
     /// A service the operation needs (the cold tier's object store) did not answer, through
     /// its own retries. Temporary: nothing was lost or changed, and the same call may succeed
     /// later. HTTP answers 503 with `Retry-After`.
@@ -194,6 +206,15 @@ impl Error {
             },
             Error::ScanUnavailable(m) => Error::ScanUnavailable(m.clone()),
             Error::QuotaExceeded(x) => Error::QuotaExceeded(x.clone()),
+            Error::TooMany {
+                code,
+                detail,
+                retry_after_s,
+            } => Error::TooMany {
+                code,
+                detail: detail.clone(),
+                retry_after_s: *retry_after_s,
+            },
             Error::Unavailable { context, message } => Error::Unavailable {
                 context: context.clone(),
                 message: message.clone(),

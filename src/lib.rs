@@ -78,4 +78,5 @@ pub use store::{
     Config, FileInfo, FileReader, ListPage, ListQuery, PutOptions, PutReport, Store, StoreStats,
     TierStats, VersionInfo,
 };
-pub use upload::{Checksum, ChecksumAlgo, SweepReport, UploadMeta, UploadSession};
+pub use upload::{Checksum, ChecksumAlgo, SessionLimits, SweepReport, UploadMeta, UploadSession};
+pub use validate::Origin;

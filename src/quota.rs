@@ -10,8 +10,9 @@
 //!   within the owner's limit and the organisation's. The check and the insertion happen under
 //!   one mutex, so concurrent uploads cannot overshoot. A reservation is released after the
 //!   commit that turned it into usage (so for a moment it counts twice, never zero times), or
-//!   when the put fails. A resumable session with a declared length holds its reservation while
-//!   it lives; the table is rebuilt from the sessions at open.
+//!   when the put fails. A resumable session holds its reservation while it lives (its
+//!   length; a deferred one an estimate, see `upload::SessionLimits`); the table is rebuilt
+//!   from the sessions at open.
 //! - **Warnings**: each commit that changes an owner's usage compares the owner's level with
 //!   the last level raised (kept in the index, in the same transaction) and raises each
 //!   threshold crossed upwards once: to subscribers ([`Store::subscribe_quota_events`]) and as
@@ -1094,7 +1095,8 @@ impl Store {
 }
 
 /// Rebuilds the session reservations from the sessions table at open: a session with a
-/// declared length holds that length, a deferred one what it has received.
+/// declared length holds that length, a deferred one its reservation or what it has received,
+/// whichever is more.
 pub(crate) fn load_sessions(inner: &Inner) -> Result<()> {
     let r = inner.index.read()?;
     for rec in r.uploads()? {
@@ -1104,7 +1106,7 @@ pub(crate) fn load_sessions(inner: &Inner) -> Result<()> {
             Key::Session(s.id.clone()),
             &s.owner,
             org,
-            s.length.unwrap_or(s.offset),
+            s.length.unwrap_or(s.offset.max(s.reserved)),
         );
     }
     Ok(())

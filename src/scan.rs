@@ -565,12 +565,18 @@ impl ScanCategories {
             ScanCategories::Only(set) => set.contains(category),
         }
     }
+
+    /// Whether a put whose decision names these categories (the file's, and the one its
+    /// content alone belongs to: `validate::Decision::scan_categories`) is scanned.
+    pub fn covers_any<'a>(&self, categories: impl IntoIterator<Item = &'a str>) -> bool {
+        categories.into_iter().any(|c| self.covers(c))
+    }
 }
 
 impl Default for ScanCategories {
-    /// Documents and archives (SPEC §4).
+    /// Every upload (SPEC §4); narrowing it is a configuration choice.
     fn default() -> Self {
-        ScanCategories::Only(["documents", "archives"].map(String::from).into())
+        ScanCategories::All
     }
 }
 
@@ -588,7 +594,7 @@ pub struct ScanConfig {
 }
 
 impl ScanConfig {
-    /// Scans the default categories with `scanner`, failing closed, up to 100 MiB.
+    /// Scans every upload with `scanner`, failing closed, up to 100 MiB.
     pub fn new(scanner: Arc<dyn Scanner>) -> Self {
         ScanConfig {
             scanner,
@@ -660,16 +666,18 @@ pub(crate) struct ScanGate<'c, R> {
 }
 
 impl<'c, R: Read> ScanGate<'c, R> {
-    /// Starts a scan when `category` is scanned. A declared size over the stream limit is
-    /// refused here, before any content is sent; so is an unreachable scanner when failing
+    /// Starts a scan when any of `categories` (the file's, and its content's: see
+    /// `validate::Decision::scan_categories`) is scanned. A declared size over the stream limit
+    /// is refused here, before any content is sent; so is an unreachable scanner when failing
     /// closed.
     pub(crate) fn new(
         source: R,
         config: Option<&'c ScanConfig>,
-        category: &str,
+        categories: &[&str],
         declared_size: Option<u64>,
     ) -> Result<Self> {
-        let config = config.filter(|c| c.categories.covers(category));
+        let config = config.filter(|c| c.categories.covers_any(categories.iter().copied()));
+        let category = categories.first().copied().unwrap_or_default();
         let mut gate = ScanGate {
             source,
             config,

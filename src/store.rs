@@ -42,7 +42,7 @@ pub use crate::reader::FileReader;
 use crate::scan::{Outcome, ScanConfig, ScanGate, ScanStamp};
 use crate::tier::ColdTier;
 use crate::tier::cold::Cold;
-use crate::validate::{self, Guarded, Policy};
+use crate::validate::{self, Claims, Guarded, Origin, Policy};
 
 /// Format of `store.json`.
 pub const STORE_FORMAT: u32 = 1;
@@ -79,6 +79,13 @@ pub struct Config {
     /// What each category accepts; every put is checked against it (default: the SPEC's
     /// categories plus `other`, see [`Policy::default`]).
     pub policy: Arc<Policy>,
+    /// Hold local puts ([`Origin::Local`]: the CLI, the library) to the categories' size
+    /// limits too (default false: the store's owner is limited only by quotas; a client's put
+    /// always is).
+    pub local_category_limits: bool,
+    /// Limits on the resumable sessions of untrusted clients (open sessions and their
+    /// metadata per user) and the reservation of deferred-length sessions.
+    pub sessions: crate::upload::SessionLimits,
     /// Virus scanning of puts (default: none). When set, every put in a scanned category
     /// streams its content to the scanner as the pipeline reads it and commits only with a
     /// verdict (see [`crate::scan`]).
@@ -123,6 +130,8 @@ impl Default for Config {
             max_upload: 5 << 30,
             upload_ttl: std::time::Duration::from_secs(24 * 60 * 60),
             policy: Arc::new(Policy::default()),
+            local_category_limits: false,
+            sessions: Default::default(),
             scan: None,
             quotas: QuotaConfig::default(),
             clock: Arc::new(SystemClock),
@@ -148,6 +157,8 @@ impl std::fmt::Debug for Config {
             .field("max_in_flight", &self.max_in_flight)
             .field("max_upload", &self.max_upload)
             .field("upload_ttl", &self.upload_ttl)
+            .field("local_category_limits", &self.local_category_limits)
+            .field("sessions", &self.sessions)
             .field("scan", &self.scan)
             .field("access_flush_interval", &self.access_flush_interval)
             .field("quotas", &self.quotas)
@@ -219,7 +230,10 @@ pub struct PutOptions {
     pub key: Option<String>,
     /// The name the client gave; sanitised into the display name, kept as `original_name`.
     pub name: Option<String>,
-    /// The category; inferred from the name's extension when absent (see [`Policy::admit`]).
+    /// The category asked for. The file's category is decided from its extension and its
+    /// detected type; a named category must take the file (else `category_mismatch`), and
+    /// only a [`Origin::Local`] put may pick it over the one that lists the file (see
+    /// `validate::admission`).
     pub category: Option<String>,
     /// The MIME type the client declared. The content's magic bytes must agree with it; the
     /// stored type is the validated one (see `validate::policy`).
@@ -228,8 +242,13 @@ pub struct PutOptions {
     /// Free-form JSON metadata.
     pub metadata: serde_json::Value,
     /// The size the client announced: over the category's limit, the put is refused before
-    /// any byte is read. The limit is enforced while streaming either way.
+    /// any byte is read (or right after the first 64 KiB, when the content decides the
+    /// category). The limit is enforced while streaming either way.
     pub declared_size: Option<u64>,
+    /// Whom the put is made for. [`Origin::Local`] (the default: the CLI, the library)
+    /// is the store's owner; [`Origin::Client`] an untrusted client, as every put of the HTTP
+    /// service is: its category is the server's, and the categories' size limits always apply.
+    pub origin: Origin,
 }
 
 impl Default for PutOptions {
@@ -243,11 +262,21 @@ impl Default for PutOptions {
             public: false,
             metadata: serde_json::Value::Null,
             declared_size: None,
+            origin: Origin::Local,
         }
     }
 }
 
 impl PutOptions {
+    /// Options for a put made for the untrusted client `owner` (what the HTTP service uses).
+    pub fn client(owner: impl Into<String>) -> Self {
+        PutOptions {
+            owner: owner.into(),
+            origin: Origin::Client,
+            ..Default::default()
+        }
+    }
+
     /// Options for a put to `key` of the default owner.
     pub fn key(key: impl Into<String>) -> Self {
         PutOptions {
@@ -475,6 +504,8 @@ pub(crate) struct Inner {
     pub gc_pins: crate::maintenance::gc::GcPins,
     /// Upload sessions being written to right now (one writer per session).
     pub upload_writers: crate::upload::Writers,
+    /// Open upload sessions per owner, for `Config::sessions`' limits.
+    pub open_uploads: crate::upload::OpenUploads,
     /// Quota rules, reservations of uploads in flight, warning subscribers.
     pub quotas: Quotas,
     /// Opened with `open_read_only`.
@@ -870,6 +901,7 @@ impl Store {
                 committer: Committer::new(),
                 gc_pins: Default::default(),
                 upload_writers: Default::default(),
+                open_uploads: Default::default(),
                 quotas,
                 read_only,
                 cold,
@@ -879,6 +911,7 @@ impl Store {
             }),
         };
         crate::quota::load_sessions(&store.inner)?;
+        crate::upload::load_open(&store.inner)?;
         if how == Opening::ReadWrite {
             // Stores made before accounts were journaled: journal them now, once.
             crate::users::journal_existing_accounts(&store.inner);
@@ -1056,9 +1089,9 @@ impl Store {
     }
 
     /// Validates a put's options, derives its names, admits it under the policy and guards its
-    /// source: the returned reader has passed the magic-byte check, knows the validated MIME
-    /// type, and enforces the category's size limit; when the category is virus-scanned, it
-    /// feeds the scan as it is read.
+    /// source: the returned reader has passed the magic-byte check, knows the file's category
+    /// and validated MIME type, and enforces the category's size limit (when it applies to the
+    /// put's origin); when the file is virus-scanned, it feeds the scan as it is read.
     #[allow(clippy::type_complexity)]
     fn prepare_put<'s, R: Read>(
         &'s self,
@@ -1079,13 +1112,14 @@ impl Store {
                 .map(|k| k.rsplit('/').next().unwrap_or(k).to_string())
         });
         let display_name = validate::sanitize_display_name(original.as_deref().unwrap_or("file"));
-        let admission = self.inner.config.policy.admit(
-            Some(&display_name),
-            opts.mime.as_deref(),
-            opts.category.as_deref(),
-            opts.declared_size,
-        )?;
-        let category = admission.category().to_string();
+        let admission = self.inner.config.policy.admit(&Claims {
+            name: Some(&display_name),
+            mime: opts.mime.as_deref(),
+            category: opts.category.as_deref(),
+            size: opts.declared_size,
+            origin: opts.origin,
+            local_limits: self.inner.config.local_category_limits,
+        })?;
         // The quota last among the checks that need no content, so a refused type does not
         // count against anything; before the guard, which reads the first bytes.
         let quota = Arc::new(Mutex::new(Admission::new(
@@ -1094,12 +1128,22 @@ impl Store {
             opts.declared_size,
             session,
         )?));
+        // The category, and with it the limit and the scan decision, is settled here, from
+        // the first bytes: before anything is sent to the scanner or stored.
         let source = admission.guard(QuotaGate::new(source, quota.clone()))?;
+        let category = source.category().to_string();
         let mime = source.mime().to_string();
+        let scanned: Vec<String> = source
+            .decision()
+            .scan_categories()
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let scanned: Vec<&str> = scanned.iter().map(String::as_str).collect();
         let source = ScanGate::new(
             source,
             self.inner.config.scan.as_ref(),
-            &category,
+            &scanned,
             opts.declared_size,
         )?;
         let prepared = PreparedPut {

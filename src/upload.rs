@@ -13,9 +13,20 @@
 //! - An append whose source fails keeps every byte received (unless it carried a checksum,
 //!   which then cannot be verified, so the part is discarded).
 //! - A finish runs the ordinary [`Store::put`] and is safe to retry after a crash: see
-//!   [`UploadRecord::finishing`].
+//!   [`UploadRecord::finishing`]. A session made for an untrusted client
+//!   ([`Origin::Client`], the tus endpoint) finishes as a client's put: the server decides its
+//!   category and the category's size limit applies.
+//! - A client holds at most [`SessionLimits::max_open_per_user`] open (unfinished, unexpired)
+//!   sessions, and their metadata at most [`SessionLimits::metadata_budget`] bytes; past
+//!   either, creation fails with [`Error::TooMany`] (tus: 429 with `Retry-After`). Counted in
+//!   memory ([`OpenUploads`], rebuilt from the sessions table at open), so the check costs no
+//!   index scan.
+//! - Every session reserves quota at creation: its length, or, while the length is deferred,
+//!   its category's limit when the name decides the category, else
+//!   [`SessionLimits::deferred_reservation`]. So a flood of deferred sessions runs into the
+//!   quota before it runs into the disk.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -30,7 +41,7 @@ use crate::index::{ListFilter, UploadRecord};
 use crate::pack::storage::sync_dir;
 use crate::quota;
 use crate::store::{FileInfo, PutOptions, PutReport, Store};
-use crate::validate;
+use crate::validate::{self, Claims, Origin};
 
 /// Directory of staged parts, inside the store directory.
 pub const UPLOAD_DIR: &str = "uploads";
@@ -61,6 +72,42 @@ pub struct UploadMeta {
     /// Anything else the client sent; stored in the file's metadata under [`META_EXTRAS`].
     #[serde(default)]
     pub extras: BTreeMap<String, String>,
+    /// Whom the session is for: the finish is a put of this origin, and a client's sessions
+    /// count against [`SessionLimits`]. The tus endpoint makes [`Origin::Client`] sessions;
+    /// sessions stored before this field existed are read as client sessions (the safe side).
+    #[serde(default = "stored_without_origin")]
+    pub origin: Origin,
+}
+
+fn stored_without_origin() -> Origin {
+    Origin::Client
+}
+
+/// Limits on resumable sessions: `Config::sessions`, the `[uploads]` keys
+/// `max_sessions_per_user`, `session_metadata_budget` and `deferred_reservation`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Open (unfinished, unexpired) sessions one owner may hold when it creates a client
+    /// session. Default 20.
+    pub max_open_per_user: usize,
+    /// Bytes of session metadata (each session's [`UploadMeta`] as stored) one owner's open
+    /// sessions may hold when it creates a client session. Default 256 KiB: twenty sessions
+    /// of 10 KB each fit, twenty of the largest (16 KiB, `MAX_META_BYTES`) do not.
+    pub metadata_budget: u64,
+    /// What a deferred-length session reserves against its owner's quota when its name does
+    /// not decide its category (when it does, the category's limit is reserved). Default
+    /// 100 MB. Appends past the reservation grow it while the quota allows.
+    pub deferred_reservation: u64,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            max_open_per_user: 20,
+            metadata_budget: 256 << 10,
+            deferred_reservation: 100 * bytesize::MB,
+        }
+    }
 }
 
 /// A resumable upload session.
@@ -78,6 +125,11 @@ pub struct UploadSession {
     /// The session expires at this instant unless appended to before (each append moves it to
     /// now + `Config::upload_ttl`).
     pub expires_ms: i64,
+    /// Bytes reserved against the owner's quota at creation (the length; for a deferred
+    /// session the estimate of [`SessionLimits`]). A deferred session holds at least this
+    /// until its length is declared. 0 for sessions stored before this field existed.
+    #[serde(default)]
+    pub reserved: u64,
 }
 
 impl UploadSession {
@@ -165,6 +217,138 @@ impl Writers {
             ))
         })
     }
+}
+
+/// Open sessions per owner, in memory: what [`SessionLimits`] counts. Rebuilt from the
+/// sessions table at open ([`load_open`]); a session enters before its row is written and
+/// leaves when its row is removed, so the count never misses a session that exists. Expired
+/// sessions stay listed until the sweep removes them but are not counted.
+#[derive(Debug, Default)]
+pub(crate) struct OpenUploads {
+    table: Mutex<OpenTable>,
+}
+
+#[derive(Debug, Default)]
+struct OpenTable {
+    by_owner: HashMap<String, HashMap<String, Slot>>,
+    owner_of: HashMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    expires_ms: i64,
+    meta_bytes: u64,
+}
+
+impl OpenUploads {
+    fn table(&self) -> std::sync::MutexGuard<'_, OpenTable> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records the new session `id` of `owner`, first checking `limits` (a client's session)
+    /// against the owner's open sessions at `now`: check and insertion under one lock, so
+    /// concurrent creations cannot pass the cap together.
+    fn open(
+        &self,
+        owner: &str,
+        id: &str,
+        slot: Slot,
+        limits: Option<&SessionLimits>,
+        now: i64,
+    ) -> Result<()> {
+        let mut t = self.table();
+        if let Some(limits) = limits {
+            let live: Vec<Slot> = t
+                .by_owner
+                .get(owner)
+                .map(|m| m.values().filter(|s| s.expires_ms > now).copied().collect())
+                .unwrap_or_default();
+            // The earliest a slot frees itself: the first of the open sessions to expire.
+            let retry_after_s = live
+                .iter()
+                .map(|s| s.expires_ms.saturating_sub(now))
+                .min()
+                .map_or(1, |ms| (ms.max(0) as u64).div_ceil(1000).max(1));
+            if live.len() >= limits.max_open_per_user {
+                return Err(Error::TooMany {
+                    code: "too_many_sessions",
+                    detail: format!(
+                        "{owner:?} has {} open upload sessions, the most one user may hold; \
+                         finish or terminate one, or wait for one to expire",
+                        live.len()
+                    ),
+                    retry_after_s,
+                });
+            }
+            if slot.meta_bytes > limits.metadata_budget {
+                return Err(Error::InvalidInput(format!(
+                    "upload metadata of {} bytes is more than the {} one user's sessions may hold",
+                    slot.meta_bytes, limits.metadata_budget
+                )));
+            }
+            let held: u64 = live.iter().map(|s| s.meta_bytes).sum();
+            if held + slot.meta_bytes > limits.metadata_budget {
+                return Err(Error::TooMany {
+                    code: "session_metadata_budget",
+                    detail: format!(
+                        "{owner:?}'s open upload sessions hold {held} bytes of metadata; \
+                         {} more would pass the {} bytes one user's sessions may hold",
+                        slot.meta_bytes, limits.metadata_budget
+                    ),
+                    retry_after_s,
+                });
+            }
+        }
+        t.by_owner
+            .entry(owner.to_string())
+            .or_default()
+            .insert(id.to_string(), slot);
+        t.owner_of.insert(id.to_string(), owner.to_string());
+        Ok(())
+    }
+
+    fn renew(&self, id: &str, expires_ms: i64) {
+        let mut t = self.table();
+        let Some(owner) = t.owner_of.get(id).cloned() else {
+            return;
+        };
+        if let Some(slot) = t.by_owner.get_mut(&owner).and_then(|m| m.get_mut(id)) {
+            slot.expires_ms = expires_ms;
+        }
+    }
+
+    fn close(&self, id: &str) {
+        let mut t = self.table();
+        let Some(owner) = t.owner_of.remove(id) else {
+            return;
+        };
+        if let Some(m) = t.by_owner.get_mut(&owner) {
+            m.remove(id);
+            if m.is_empty() {
+                t.by_owner.remove(&owner);
+            }
+        }
+    }
+}
+
+/// The bytes of session metadata [`SessionLimits::metadata_budget`] counts: the metadata as
+/// the index stores it.
+fn meta_bytes(meta: &UploadMeta) -> u64 {
+    serde_json::to_vec(meta).map_or(u64::MAX, |v| v.len() as u64)
+}
+
+/// Rebuilds [`OpenUploads`] from the sessions table (at open).
+pub(crate) fn load_open(inner: &crate::store::Inner) -> Result<()> {
+    let r = inner.index.read()?;
+    for rec in r.uploads()? {
+        let s = &rec.session;
+        let slot = Slot {
+            expires_ms: s.expires_ms,
+            meta_bytes: meta_bytes(&s.meta),
+        };
+        inner.open_uploads.open(&s.owner, &s.id, slot, None, 0)?;
+    }
+    Ok(())
 }
 
 /// A session claimed by one writer, released on drop.
@@ -300,6 +484,7 @@ impl Store {
         self.inner()
             .quotas
             .release(&quota::Key::Session(id.to_string()));
+        self.inner().open_uploads.close(id);
         let path = self.part_path(id);
         let len = file_len(&path);
         match fs::remove_file(&path) {
@@ -366,8 +551,11 @@ impl Store {
     /// Starts a resumable upload for `owner`. `length` is the total size, or `None` to declare
     /// it later. Fails with `TooLarge` over `Config::max_upload`, `InvalidInput` for a bad
     /// owner, key or category, and with whatever the validation policy says about the declared
-    /// name, type, category and length (`Rejected`, `TooLarge`) — before any byte is sent. The
-    /// session expires `Config::upload_ttl` from now.
+    /// name, type, category and length (`Rejected`, `TooLarge`) — before any byte is sent. A
+    /// client's session ([`UploadMeta::origin`]) must fit [`SessionLimits`] (`TooMany`
+    /// otherwise). The session reserves its length against the owner's quota — a deferred one
+    /// its category's limit or [`SessionLimits::deferred_reservation`] — or fails with
+    /// `QuotaExceeded`. It expires `Config::upload_ttl` from now.
     pub fn upload_create(
         &self,
         owner: &str,
@@ -393,24 +581,18 @@ impl Store {
         }
         // The category's rules, decided now from what is declared (the put at finish checks
         // them again, with the content): a client learns before sending anything.
-        let name = meta.name.clone().or_else(|| {
-            meta.key
-                .as_ref()
-                .map(|k| k.rsplit('/').next().unwrap_or(k).to_string())
-        });
-        let display_name = validate::sanitize_display_name(name.as_deref().unwrap_or("file"));
-        self.inner().config.policy.admit(
-            Some(&display_name),
-            meta.mime.as_deref(),
-            meta.category.as_deref(),
-            length,
-        )?;
-        let meta_len = serde_json::to_vec(&meta).map_or(usize::MAX, |v| v.len());
-        if meta_len > MAX_META_BYTES {
+        let known_limit = self.admit_session(&meta, length)?;
+        let meta_len = meta_bytes(&meta);
+        if meta_len > MAX_META_BYTES as u64 {
             return Err(Error::InvalidInput(format!(
                 "upload metadata is {meta_len} bytes, more than {MAX_META_BYTES}"
             )));
         }
+        let limits = &self.inner().config.sessions;
+        let reserve = match length {
+            Some(len) => len,
+            None => known_limit.unwrap_or(limits.deferred_reservation).min(max),
+        };
         let id = ulid::Ulid::generate().to_string();
         let now = self.upload_now();
         let session = UploadSession {
@@ -418,32 +600,85 @@ impl Store {
             owner: owner.to_string(),
             length,
             offset: 0,
-            meta,
             created_ms: now,
             expires_ms: now.saturating_add(ttl_ms(self.inner().config.upload_ttl)),
+            reserved: reserve,
+            meta,
         };
         // Claimed until the row exists, so a sweep running meanwhile does not take the new
         // file for an orphan.
         let _claim = self.inner().upload_writers.claim(&id)?;
-        // A declared length is reserved against the quota now, and held while the session
-        // lives (rebuilt from the sessions table at open).
+        let client = session.meta.origin == Origin::Client;
+        self.inner().open_uploads.open(
+            owner,
+            &id,
+            Slot {
+                expires_ms: session.expires_ms,
+                meta_bytes: meta_len,
+            },
+            client.then_some(limits),
+            now,
+        )?;
+        // The reservation is held while the session lives (rebuilt from the sessions table at
+        // open).
         let key = quota::Key::Session(id.clone());
-        if let Some(len) = length {
-            self.inner()
-                .quotas
-                .reserve(self.inner(), &key, owner, len)?;
-        }
-        let created = self.create_part(&id).and_then(|()| {
-            self.store_upload(&UploadRecord {
-                session: session.clone(),
-                finishing: None,
-            })
-        });
+        let created = self
+            .inner()
+            .quotas
+            .reserve(self.inner(), &key, owner, reserve)
+            .and_then(|()| {
+                self.create_part(&id).and_then(|()| {
+                    self.store_upload(&UploadRecord {
+                        session: session.clone(),
+                        finishing: None,
+                    })
+                })
+            });
         if let Err(e) = created {
             self.inner().quotas.release(&key);
+            self.inner().open_uploads.close(&id);
             return Err(e);
         }
         Ok(session)
+    }
+
+    /// The most bytes the validation policy lets a session's file have, as far as its name
+    /// and declared facts tell; `None` when no category limit applies (a local session).
+    fn session_bound(&self, meta: &UploadMeta) -> Result<Option<u64>> {
+        self.with_session_admission(meta, None, |a| a.size_bound().map(|(b, _)| b))
+    }
+
+    /// Admits a session's declared facts under the validation policy, as a put of its origin
+    /// with `length` declared; returns the limit of its category when the name decides it.
+    fn admit_session(&self, meta: &UploadMeta, length: Option<u64>) -> Result<Option<u64>> {
+        let policy = &self.inner().config.policy;
+        self.with_session_admission(meta, length, |a| {
+            a.known_category().map(|c| policy.categories[c].max_size)
+        })
+    }
+
+    fn with_session_admission<T>(
+        &self,
+        meta: &UploadMeta,
+        length: Option<u64>,
+        f: impl FnOnce(&validate::Admission<'_>) -> T,
+    ) -> Result<T> {
+        let name = meta.name.clone().or_else(|| {
+            meta.key
+                .as_ref()
+                .map(|k| k.rsplit('/').next().unwrap_or(k).to_string())
+        });
+        let display_name = validate::sanitize_display_name(name.as_deref().unwrap_or("file"));
+        let config = &self.inner().config;
+        let admission = config.policy.admit(&Claims {
+            name: Some(&display_name),
+            mime: meta.mime.as_deref(),
+            category: meta.category.as_deref(),
+            size: length,
+            origin: meta.origin,
+            local_limits: config.local_category_limits,
+        })?;
+        Ok(f(&admission))
     }
 
     /// The session `id`: `NotFound` if unknown, `Expired` past its expiry. Staged bytes past the
@@ -467,8 +702,9 @@ impl Store {
     /// Appends the bytes of `source` at `offset`, which must be the session's offset
     /// (`Conflict` otherwise, and nothing changes). Streams through a 64 KiB buffer.
     ///
-    /// - More bytes than the declared length (or than `Config::max_upload` while the length is
-    ///   deferred): `TooLarge`, and the whole part is discarded.
+    /// - More bytes than the declared length (or, while the length is deferred, than
+    ///   `Config::max_upload` or the limit the validation policy sets a file of that name):
+    ///   `TooLarge`, and the whole part is discarded.
     /// - With `checksum`, the part is hashed as it is written; on a mismatch it is discarded and
     ///   the error is `ChecksumMismatch`.
     /// - If `source` fails (a broken connection) and there is no checksum, every byte received
@@ -498,14 +734,16 @@ impl Store {
         }
         let _claim = self.inner().upload_writers.claim(&id)?;
         let result = self.append_claimed(&id, offset, source, checksum);
-        // A deferred session holds what it has received: bytes grown into but not kept are
-        // given back (under the claim, so no other append of this session runs meanwhile).
+        // A deferred session holds its reservation, or what it has received when that is
+        // more: bytes grown into but not kept are given back (under the claim, so no other
+        // append of this session runs meanwhile).
         if let Ok(Some(rec)) = self.inner().index.read().and_then(|r| r.upload(&id))
             && rec.session.length.is_none()
         {
-            self.inner()
-                .quotas
-                .shrink_to(&quota::Key::Session(id.clone()), rec.session.offset);
+            self.inner().quotas.shrink_to(
+                &quota::Key::Session(id.clone()),
+                rec.session.offset.max(rec.session.reserved),
+            );
         }
         result
     }
@@ -530,7 +768,16 @@ impl Store {
                 s.offset
             )));
         }
-        let limit = s.length.unwrap_or(self.inner().config.max_upload);
+        // While the length is deferred, no more than the file could be: `max_upload`, or less
+        // when its category's limit binds the session (a client's deferred `.jpg` stops at
+        // the images limit, not at 5 GiB).
+        let limit = match s.length {
+            Some(len) => len,
+            None => {
+                let max = self.inner().config.max_upload;
+                self.session_bound(&s.meta)?.map_or(max, |b| b.min(max))
+            }
+        };
         let room = limit.saturating_sub(s.offset);
 
         let path = self.part_path(&id);
@@ -636,12 +883,14 @@ impl Store {
             .saturating_add(ttl_ms(self.inner().config.upload_ttl));
         w.put_upload(&rec)?;
         w.commit()?;
+        self.inner().open_uploads.renew(id, rec.session.expires_ms);
         Ok(rec.session)
     }
 
     /// Declares the total length of a deferred-length session, once. `Conflict` if it was
     /// already declared, `InvalidInput` if below the bytes received, `TooLarge` over
-    /// `Config::max_upload`.
+    /// `Config::max_upload` or over what the validation policy allows the session's file (as
+    /// at creation). The reservation becomes the length.
     pub fn upload_declare_length(&self, id: &str, length: u64) -> Result<UploadSession> {
         self.check_writable()?;
         let id = session_id(id)?;
@@ -666,6 +915,7 @@ impl Store {
                 what: format!("an upload of {length} bytes"),
             });
         }
+        self.admit_session(&rec.session.meta, Some(length))?;
         let key = quota::Key::Session(id.clone());
         let before = self.inner().quotas.held(&key);
         self.inner()
@@ -938,6 +1188,7 @@ fn finish_options(s: &UploadSession) -> PutOptions {
         public: s.meta.public,
         metadata: serde_json::Value::Object(metadata),
         declared_size: s.length,
+        origin: s.meta.origin,
     }
 }
 

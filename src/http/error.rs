@@ -231,6 +231,7 @@ impl From<Error> for ApiError {
             Error::QuotaExceeded(_) => (StatusCode::PAYLOAD_TOO_LARGE, "quota_exceeded"),
             Error::Locked { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_locked"),
             Error::Unavailable { .. } => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Error::TooMany { code, .. } => (StatusCode::TOO_MANY_REQUESTS, *code),
             Error::Io { .. } if e.is_disk_full() => {
                 (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
             }
@@ -250,6 +251,9 @@ impl From<Error> for ApiError {
         if e.is_temporary() {
             // The cold tier retried already; a client should come back later, not at once.
             api = api.with_header(header::RETRY_AFTER, HeaderValue::from_static("30"));
+        }
+        if let Error::TooMany { retry_after_s, .. } = &e {
+            api = api.with_header(header::RETRY_AFTER, HeaderValue::from(*retry_after_s));
         }
         match e {
             Error::Infected { signature, .. } => api.signature = Some(signature),
@@ -318,6 +322,19 @@ mod tests {
             api.headers
                 .iter()
                 .any(|(k, v)| *k == header::RETRY_AFTER && v == "30")
+        );
+        let flood = ApiError::from(Error::TooMany {
+            code: "too_many_sessions",
+            detail: "20 open upload sessions".into(),
+            retry_after_s: 7,
+        });
+        assert_eq!(flood.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(flood.code, "too_many_sessions");
+        assert!(
+            flood
+                .headers
+                .iter()
+                .any(|(k, v)| *k == header::RETRY_AFTER && v == "7")
         );
         let other = ApiError::from(Error::Corrupt {
             location: "x".into(),

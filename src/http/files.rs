@@ -254,15 +254,15 @@ pub(crate) async fn receive(
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        // A client's put: the server decides the category, and its size limit applies.
         let opts = PutOptions {
-            owner: user.name.clone(),
             declared_size,
             key: key.take(),
             name: Some(file_name.clone()),
             category: category.clone(),
             mime,
             public,
-            ..Default::default()
+            ..PutOptions::client(&user.name)
         };
         let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(QUEUE);
         let store = state.store.clone();

@@ -40,6 +40,7 @@ use crate::error::Error;
 use crate::index::UserRecord;
 use crate::store::{PutReport, Store};
 use crate::upload::{Checksum, ChecksumAlgo, UploadMeta, UploadSession};
+use crate::validate::Origin;
 
 /// The protocol version spoken (and the only one accepted).
 pub const TUS_VERSION: &str = "1.0.0";
@@ -285,7 +286,12 @@ fn normalise_mime(raw: &str) -> ApiResult<Option<String>> {
 /// `public`; anything else is kept as a string in the file's metadata. Keys must be simple
 /// tokens and values UTF-8; control characters are removed from values.
 fn parse_metadata(headers: &HeaderMap) -> ApiResult<UploadMeta> {
-    let mut meta = UploadMeta::default();
+    // Every session made here is a client's: its finish is held to the client rules
+    // (category decided by the server, size limits) and it counts against the session limits.
+    let mut meta = UploadMeta {
+        origin: Origin::Client,
+        ..Default::default()
+    };
     let Some(raw) = headers.get(&UPLOAD_METADATA) else {
         return Ok(meta);
     };
@@ -817,6 +823,7 @@ mod tests {
         assert!(m.public);
         assert_eq!(m.extras["note"], "helloworld");
         assert_eq!(m.extras["empty"], "");
+        assert_eq!(m.origin, Origin::Client, "a tus session is a client's");
         let back = encode_metadata(&m).unwrap();
         let back = back.to_str().unwrap();
         assert!(
@@ -832,6 +839,10 @@ mod tests {
         );
         let m = parse_metadata(&headers(&[("upload-metadata", &raw)])).unwrap();
         assert_eq!(m.mime, None);
+        assert_eq!(
+            parse_metadata(&HeaderMap::new()).unwrap().origin,
+            Origin::Client
+        );
 
         for bad in [
             "bad key aGk=".to_string(),

@@ -1,7 +1,11 @@
 //! Rescanning stored files with the virus scanner, after a signature update.
 //!
-//! A put stamps each version of a scanned category with the scanner's verdict (see
-//! `crate::scan`). Signatures arrive later than malware, so [`Store::rescan`] streams stored
+//! A put stamps each version it scans with the scanner's verdict (see `crate::scan`). Which
+//! versions a rescan looks at is decided as a put decides it: a version is scanned when
+//! `scan.categories` covers its file's category or the category its content alone belongs to
+//! (`Policy::content_category`, from the version's first bytes), so a file stored under a name
+//! or a category that hid its type (before categories were the server's decision) is still
+//! rescanned. Signatures arrive later than malware, so [`Store::rescan`] streams stored
 //! versions to the scanner again and records what changed as a journaled `scan` event
 //! (`FileEvent::Scan`), which `recover` replays: a new hit quarantines the file (when the
 //! version is its current one) and is never served to users again; a version stored unscanned
@@ -22,6 +26,7 @@ use crate::index::ListFilter;
 use crate::pack::manifest::ScanStamp;
 use crate::scan::{ScanConfig, ScanError, Verdict};
 use crate::store::Store;
+use crate::validate::policy::PREFIX_LEN;
 
 /// Files read from the index per page.
 const PAGE: usize = 500;
@@ -33,7 +38,7 @@ const FEED: usize = 256 << 10;
 pub struct RescanOptions {
     /// Scan and report, but record nothing.
     pub dry_run: bool,
-    /// Every category, not only those `scan.categories` names.
+    /// Every category, not only those `scan.categories` covers.
     pub all_categories: bool,
     /// Scan versions already found infected too: one the scanner now calls clean (a signature
     /// withdrawn as a false positive) is released. Off by default: an infected verdict is only
@@ -69,7 +74,8 @@ pub struct RescanReport {
     /// Versions over `scan.stream_max`, not scanned (refused at put time unless they predate
     /// the limit): listed so that nothing is passed silently.
     pub too_large: Vec<(FileId, u32)>,
-    /// Versions in categories that are not scanned, and infected versions not rechecked.
+    /// Versions neither whose category nor whose content is scanned, and infected versions
+    /// not rechecked.
     pub skipped: u64,
 }
 
@@ -98,22 +104,30 @@ impl Store {
                     ..Default::default()
                 })?;
                 for f in files {
-                    if !opts.all_categories && !config.categories.covers(&f.category) {
-                        report.skipped += r.versions(f.id)?.len() as u64;
-                        continue;
-                    }
+                    let by_category = opts.all_categories || config.categories.covers(&f.category);
                     for v in r.versions(f.id)? {
                         let infected = matches!(v.meta.scan, Some(ScanStamp::Infected { .. }));
                         if infected && !opts.recheck_infected {
                             report.skipped += 1;
                             continue;
                         }
-                        work.push((f.id, f.latest, v.meta));
+                        work.push((f.id, f.latest, v.meta, by_category));
                     }
                 }
                 next
             };
-            for (id, latest, meta) in work {
+            for (id, latest, meta, by_category) in work {
+                if !by_category {
+                    match self.scanned_by_content(&config, id, meta.version) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            report.skipped += 1;
+                            continue;
+                        }
+                        Err(Error::NotFound { .. }) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
                 if meta.size > config.stream_max {
                     report.too_large.push((id, meta.version));
                     continue;
@@ -207,6 +221,23 @@ impl Store {
             }
         }
         Ok(report)
+    }
+
+    /// Whether `config` covers the category the content of this version alone belongs to:
+    /// reads its first bytes, as a put's guard does.
+    fn scanned_by_content(&self, config: &ScanConfig, id: FileId, version: u32) -> Result<bool> {
+        let reader = self.get_version_untracked(id, version)?;
+        let mut prefix = Vec::new();
+        reader
+            .take(PREFIX_LEN as u64)
+            .read_to_end(&mut prefix)
+            .map_err(crate::store::io_to_error)?;
+        Ok(self
+            .inner()
+            .config
+            .policy
+            .content_category(&prefix)
+            .is_some_and(|c| config.categories.covers(c)))
     }
 
     /// Streams one stored version to the scanner.

@@ -304,6 +304,9 @@ impl Store {
                             "target_met": r.target_met,
                         }),
                         declared_size: Some(r.bytes.len() as u64),
+                        // Made here, from an original that passed a client's checks: the
+                        // variant keeps the original's category.
+                        origin: crate::validate::Origin::Local,
                     };
                     self.put(&r.bytes[..], &opts)?.file
                 }

@@ -761,13 +761,15 @@ fn put_refuses_content_that_contradicts_its_name_in_one_line() {
     let (out, _) = cli.fails(&["--json", "put", s(&t), "--category", "images"], 1);
     assert_eq!(
         parse_json(out.as_bytes())["error"]["kind"],
-        "type_not_allowed"
+        "category_mismatch"
     );
-    // Over the images limit (10 MB): the file's size refuses it before it is read.
+    // Over the images limit (10 MB), with `local_category_limits`: the file's size refuses it
+    // before it is read.
     let mut big = b"\x89PNG\r\n\x1a\n".to_vec();
     big.resize(10_000_001, 0);
     let b = cli.write("big.png", &big);
-    let (out, err) = cli.fails(&["--json", "put", s(&b)], 1);
+    let bound = cli.write("bound.toml", b"[uploads]\nlocal_category_limits = true\n");
+    let (out, err) = cli.fails(&["--json", "--config", s(&bound), "put", s(&b)], 1);
     assert_eq!(
         parse_json(out.as_bytes())["error"]["kind"],
         "too_large",
@@ -781,6 +783,11 @@ fn put_refuses_content_that_contradicts_its_name_in_one_line() {
             .unwrap()
             .is_empty()
     );
+    // Without it, the owner's put is not held to the category limit.
+    let put = cli.json(&["put", s(&b)]);
+    assert_eq!(put["files"][0]["file"]["category"], "images");
+    assert_eq!(put["files"][0]["file"]["size"], 10_000_001);
+    cli.ok(&["rm", "big.png"]);
 
     // This repository's sources (Rust, and whatever else lives there) go to `other`.
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
@@ -902,4 +909,39 @@ fn accounts_made_with_the_cli_survive_recover_and_serve() {
     assert_eq!(r.status(), 413);
     let listed: Value = get("/api/files", &bob).json().unwrap();
     assert_eq!(listed["files"], serde_json::json!([]), "{listed}");
+}
+
+/// `tessera put` acts for the store's owner: a 430 MB backup is stored although `archives`
+/// takes 100 MB from clients (issue 13). A sparse file, so the test writes no 430 MB.
+#[test]
+fn put_of_a_backup_over_the_archives_limit_succeeds_locally() {
+    let cli = Cli::new();
+    cli.ok(&["init"]);
+    // A POSIX tar header ("ustar" at 257), then holes.
+    let mut header = vec![0u8; 512];
+    header[..10].copy_from_slice(b"backup.sql");
+    header[257..263].copy_from_slice(b"ustar\0");
+    header[263..265].copy_from_slice(b"00");
+    let path = cli.write("backup.tar", &header);
+    let len = 430_000_000u64;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+    let put = cli.json(&["put", s(&path)]);
+    let f = &put["files"][0]["file"];
+    assert_eq!(f["category"], "archives", "{put}");
+    assert_eq!(f["mime"], "application/x-tar", "{put}");
+    assert_eq!(f["size"], len, "{put}");
+    let st = cli.json(&["stat", "backup.tar"]);
+    assert_eq!(st["size"], len, "{st}");
+    // `--help` says so.
+    let help = String::from_utf8(cli.ok(&["put", "--help"])).unwrap();
+    assert!(
+        help.contains("not bound by the categories' size")
+            && help.contains("local_category_limits"),
+        "{help}"
+    );
 }

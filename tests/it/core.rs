@@ -224,6 +224,7 @@ fn metadata_is_recorded_and_names_are_sanitised() {
         public: true,
         metadata: serde_json::json!({"pages": 3, "tags": ["a", "b"]}),
         declared_size: Some(data.len() as u64),
+        origin: tessera::Origin::Local,
     };
     let r = store.put(&data[..], &opts).unwrap();
     let f = store.stat(r.file.id).unwrap();

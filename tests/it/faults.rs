@@ -468,7 +468,9 @@ fn a_failed_delete_stays_failed_after_compaction_and_recover() {
         .put(&random_bytes(2, 1_500_000)[..], &PutOptions::key("c"))
         .unwrap();
     store.delete(b).unwrap();
-    store.purge_deleted(std::time::Duration::ZERO, false).unwrap();
+    store
+        .purge_deleted(std::time::Duration::ZERO, false)
+        .unwrap();
     let gc = store
         .gc(&tessera::GcOptions {
             grace: std::time::Duration::ZERO,

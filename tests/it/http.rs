@@ -198,6 +198,35 @@ impl Service {
         v["files"][0]["file"]["id"].as_str().unwrap().to_string()
     }
 
+    /// `POST /api/images` (multipart, as `POST /api/files`).
+    pub fn upload_images(&self, token: &str, form: Form) -> Response {
+        self.http
+            .post(format!("{}/api/images", self.url))
+            .bearer_auth(token)
+            .multipart(form)
+            .send()
+            .unwrap()
+    }
+
+    /// A tus request to `path` (or a full URL), with `Tus-Resumable: 1.0.0` and `token`.
+    pub fn tus(&self, method: reqwest::Method, path: &str, token: &str) -> RequestBuilder {
+        let url = if path.starts_with("http") {
+            path.to_string()
+        } else {
+            format!("{}{path}", self.url)
+        };
+        self.http
+            .request(method, url)
+            .header("Tus-Resumable", "1.0.0")
+            .bearer_auth(token)
+    }
+
+    /// What the store holds, every owner, deleted files included: (files, versions).
+    pub fn stored(&self) -> (u64, u64) {
+        let s = self.store.stats().unwrap();
+        (s.files, s.versions)
+    }
+
     pub fn file_count(&self, owner: &str) -> usize {
         self.store
             .list(&tessera::ListQuery {
@@ -906,6 +935,15 @@ pub struct ServeProcess {
 impl ServeProcess {
     /// Adds user `alice` to the store at `dir` (once) and serves it on a free port.
     pub fn start(dir: &std::path::Path, token: Option<String>) -> ServeProcess {
+        Self::start_with(dir, token, None)
+    }
+
+    /// [`ServeProcess::start`] with `--config config`.
+    pub fn start_with(
+        dir: &std::path::Path,
+        token: Option<String>,
+        config: Option<&std::path::Path>,
+    ) -> ServeProcess {
         const BIN: &str = env!("CARGO_BIN_EXE_tessera");
         let token = token.unwrap_or_else(|| {
             let out = std::process::Command::new(BIN)
@@ -926,7 +964,11 @@ impl ServeProcess {
             .local_addr()
             .unwrap()
             .port();
-        let child = std::process::Command::new(BIN)
+        let mut cmd = std::process::Command::new(BIN);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd
             .arg("--store")
             .arg(dir)
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -997,7 +1039,10 @@ impl Read for Stream {
 fn two_gib_up_and_down_keeps_the_server_under_256_mib() {
     const SIZE: u64 = 2 << 30;
     let tmp = TempStore::new();
-    let server = ServeProcess::start(&tmp.path(), None);
+    // Files no category lists may be as large as this test's (clients get 100 MB by default).
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[categories.other]\nmax_size = \"3GiB\"\n").unwrap();
+    let server = ServeProcess::start_with(&tmp.path(), None, Some(config.path()));
     let client = Client::builder().timeout(None).build().unwrap();
     let sent = Arc::new(std::sync::Mutex::new(blake3::Hasher::new()));
     let body = Stream {

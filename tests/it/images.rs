@@ -376,7 +376,8 @@ fn workers_resume_pending_jobs_after_a_reopen_and_finish_each_once() {
 fn a_job_that_keeps_failing_is_retried_then_marked_failed_with_its_error() {
     let t = TempStore::new();
     let mut config = Config::default();
-    // Images may not be WebP in this store: every WebP variant put is refused.
+    // Images may not be named .webp in this store: every WebP variant put (into its
+    // original's category, images) is refused.
     let mut policy = tessera::validate::Policy::default();
     policy.categories.get_mut("images").unwrap().extensions =
         vec!["jpg".into(), "jpeg".into(), "png".into()];
@@ -394,7 +395,7 @@ fn a_job_that_keeps_failing_is_retried_then_marked_failed_with_its_error() {
     let s = store.image_status(r.file.id).unwrap();
     assert_eq!((s.status, s.attempts), (JobStatus::Failed, 3));
     assert!(
-        s.error.as_deref().unwrap().contains("type_not_allowed"),
+        s.error.as_deref().unwrap().contains("category_mismatch"),
         "{:?}",
         s.error
     );

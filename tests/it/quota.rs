@@ -476,6 +476,10 @@ fn session_reservations_survive_a_restart_and_end_with_the_session() {
     let config = Config {
         clock: clock.clone(),
         upload_ttl: Duration::from_secs(3600),
+        sessions: tessera::SessionLimits {
+            deferred_reservation: 100_000,
+            ..Default::default()
+        },
         ..Config::default()
     };
     let store = Store::open(tmp.path(), config.clone()).unwrap();
@@ -492,7 +496,8 @@ fn session_reservations_survive_a_restart_and_end_with_the_session() {
     assert_eq!(store.quota_status("alice").unwrap().used, 600_000);
     no_reservations(&store);
 
-    // Terminated and expired sessions give theirs back; a deferred one holds what arrived.
+    // Terminated and expired sessions give theirs back; a deferred one holds its reservation
+    // (`deferred_reservation`, as its name lists no category), or what arrived when more.
     let s2 = store
         .upload_create("alice", Some(300_000), meta.clone())
         .unwrap();
@@ -502,16 +507,24 @@ fn session_reservations_survive_a_restart_and_end_with_the_session() {
         .upload_create("alice", Some(300_000), meta.clone())
         .unwrap();
     let s4 = store.upload_create("alice", None, meta.clone()).unwrap();
+    assert_eq!(store.quota_reservations().bytes, 400_000);
     let err = store
         .upload_append(&s4.id, 0, &random_bytes(3, 200_000)[..], None)
         .unwrap_err();
     assert!(matches!(err, Error::QuotaExceeded(_)), "{err}");
     assert_eq!(store.upload_status(&s4.id).unwrap().offset, 0);
-    assert_eq!(store.quota_reservations().bytes, 300_000);
+    assert_eq!(store.quota_reservations().bytes, 400_000);
     store
         .upload_append(&s4.id, 0, &random_bytes(3, 50_000)[..], None)
         .unwrap();
-    assert_eq!(store.quota_reservations().bytes, 350_000);
+    assert_eq!(store.quota_reservations().bytes, 400_000);
+    // Past its reservation, a deferred session grows into the quota; what does not fit is
+    // refused and the reservation is back where it was.
+    let err = store
+        .upload_append(&s4.id, 50_000, &random_bytes(4, 60_000)[..], None)
+        .unwrap_err();
+    assert!(matches!(err, Error::QuotaExceeded(_)), "{err}");
+    assert_eq!(store.quota_reservations().bytes, 400_000);
     assert!(matches!(
         store.upload_declare_length(&s4.id, 150_000),
         Err(Error::QuotaExceeded(_))

@@ -100,15 +100,18 @@ fn a_signature_update_and_a_rescan_quarantine_stored_files_and_survive_recover()
     let clamd = PrivateClamd::start();
     let tmp = TempStore::new();
     let config = || Config {
-        scan: Some(ScanConfig::new(Arc::new(Clamd::new(
-            clamd.addr.clone(),
-            Timeouts::default(),
-        )))),
+        scan: Some(ScanConfig {
+            categories: ScanCategories::Only(["documents", "archives"].map(String::from).into()),
+            ..ScanConfig::new(Arc::new(Clamd::new(
+                clamd.addr.clone(),
+                Timeouts::default(),
+            )))
+        }),
         ..Config::default()
     };
     let store = Store::create(tmp.path(), config()).unwrap();
     // notes.txt: one version, with the pattern. report.txt: the pattern in v1 only.
-    // photo.png: not a scanned category. clean.txt: never matches.
+    // photo.png: not a scanned category (scanning narrowed). clean.txt: never matches.
     let notes = put(&store, "notes.txt", &doc_with_pattern(1));
     let report = put(&store, "report.txt", &doc_with_pattern(2));
     assert_eq!(put(&store, "report.txt", &text_bytes(3, 9_000)), report);

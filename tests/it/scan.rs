@@ -22,7 +22,7 @@ use crate::http::Service;
 
 /// The EICAR anti-virus test file (68 bytes; MD5 44d88612fea8a8f36de82e1278abb02f).
 pub const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
-const EICAR_SIG: &str = "Eicar-Test-Signature.UNOFFICIAL";
+pub const EICAR_SIG: &str = "Eicar-Test-Signature.UNOFFICIAL";
 /// The bytes tests/clamd/signatures/tessera.ndb matches anywhere in a file.
 const PATTERN: &[u8] = b"TESSERA-NDB-TEST-PATTERN";
 const PATTERN_SIG: &str = "Tessera-Test-Pattern.UNOFFICIAL";
@@ -38,7 +38,7 @@ fn env_address(var: &str) -> ClamdAddress {
         .unwrap_or_else(|e| panic!("{var}={v:?} is not a clamd address: {e}"))
 }
 
-fn clamd_tcp() -> ClamdAddress {
+pub fn clamd_tcp() -> ClamdAddress {
     env_address("TESSERA_CLAMD")
 }
 
@@ -72,6 +72,11 @@ fn infected(r: tessera::Result<tessera::PutReport>) -> (tessera::FileId, String)
         Err(Error::Infected { file, signature }) => (file, signature),
         other => panic!("expected Infected, got {other:?}"),
     }
+}
+
+/// `scan.categories = ["documents", "archives"]`: scanning narrowed by configuration.
+fn documents_and_archives() -> ScanCategories {
+    ScanCategories::Only(["documents", "archives"].map(String::from).into())
 }
 
 fn counts(s: &StoreStats) -> (u64, u64, u64) {
@@ -240,27 +245,28 @@ fn the_ndb_pattern_is_detected_over_the_unix_socket() {
 #[test]
 fn categories_that_are_not_scanned_never_reach_clamd() {
     let tmp = TempStore::new();
-    let store = store_with(&tmp, ScanConfig::new(clamd(clamd_tcp())));
-    // EICAR in category "other" (no extension): not scanned by default, so stored as is.
-    let r = put(&store, "eicar", EICAR).unwrap();
-    assert!(!r.file.quarantined);
-    assert_eq!(r.file.scan, None);
-    // An image holding the pattern: images are not scanned by default...
+    let store = store_with(
+        &tmp,
+        ScanConfig {
+            categories: documents_and_archives(),
+            ..ScanConfig::new(clamd(clamd_tcp()))
+        },
+    );
+    // EICAR without an extension is in `other`, but its content is text, a document's: the
+    // detected type decides, so it is scanned.
+    let (_, sig) = infected(put(&store, "eicar", EICAR));
+    assert_eq!(sig, EICAR_SIG);
+    // An image holding the pattern: images are not scanned when narrowed...
     let mut png = png_bytes(4, 5000);
     png.extend_from_slice(PATTERN);
     let r = put(&store, "a.png", &png).unwrap();
     assert_eq!(r.file.scan, None);
+    assert!(!r.file.quarantined);
     drop(store);
 
-    // ...but are with categories = all.
+    // ...but are by default (categories = all).
     let tmp = TempStore::new();
-    let store = store_with(
-        &tmp,
-        ScanConfig {
-            categories: ScanCategories::All,
-            ..ScanConfig::new(clamd(clamd_tcp()))
-        },
-    );
+    let store = store_with(&tmp, ScanConfig::new(clamd(clamd_tcp())));
     let (_, sig) = infected(put(&store, "a.png", &png));
     assert_eq!(sig, PATTERN_SIG);
     let (_, sig) = infected(put(&store, "eicar", EICAR));
@@ -328,7 +334,13 @@ fn scanner_down_fails_closed_and_fail_open_stores_unscanned() {
         .unwrap();
     let down = ClamdAddress::Tcp(port.to_string());
     let tmp = TempStore::new();
-    let store = store_with(&tmp, ScanConfig::new(clamd(down.clone())));
+    let store = store_with(
+        &tmp,
+        ScanConfig {
+            categories: documents_and_archives(),
+            ..ScanConfig::new(clamd(down.clone()))
+        },
+    );
     put(&store, "pic.png", &png_bytes(1, 2000)).unwrap(); // not scanned: unaffected
     let before = counts(&store.stats().unwrap());
     let err = put(&store, "doc.txt", &text_bytes(7, 500_000)).unwrap_err();
@@ -368,7 +380,13 @@ fn scanner_down_fails_closed_and_fail_open_stores_unscanned() {
 fn every_scanner_fault_commits_nothing_when_failing_closed() {
     let fake = Arc::new(FakeScanner::detecting(b"EVIL", "Fake.Evil"));
     let tmp = TempStore::new();
-    let store = store_with(&tmp, ScanConfig::new(fake.clone()));
+    let store = store_with(
+        &tmp,
+        ScanConfig {
+            categories: documents_and_archives(),
+            ..ScanConfig::new(fake.clone())
+        },
+    );
     let data = text_bytes(8, 2 << 20); // several chunks, through the parallel pipeline
     put(&store, "warmup.txt", &text_bytes(9, 1000)).unwrap();
     let before = counts(&store.stats().unwrap());

@@ -583,17 +583,36 @@ fn the_category_rules_apply_at_creation() {
     let store = t.create();
     let photo = UploadMeta {
         name: Some("photo.png".into()),
+        origin: tessera::Origin::Client,
         ..Default::default()
     };
-    // Images are limited to 10 MB by default: refused before a byte is sent.
+    // A client's images are limited to 10 MB by default: refused before a byte is sent.
     let err = store
         .upload_create("alice", Some(11_000_000), photo.clone())
         .unwrap_err();
     assert!(matches!(err, Error::TooLarge { .. }), "{err}");
     assert!(store.list_uploads(None).unwrap().is_empty());
     store
-        .upload_create("alice", Some(9_000_000), photo)
+        .upload_create("alice", Some(9_000_000), photo.clone())
         .unwrap();
+    // A category that does not take the file is refused too.
+    let named = UploadMeta {
+        category: Some("documents".into()),
+        ..photo.clone()
+    };
+    match store.upload_create("alice", Some(100), named) {
+        Err(Error::Rejected { code, .. }) => assert_eq!(code, "category_mismatch"),
+        other => panic!("{other:?}"),
+    }
+    // The store's owner is held to the limits only when configured.
+    let local = UploadMeta {
+        origin: tessera::Origin::Local,
+        ..photo
+    };
+    store
+        .upload_create("alice", Some(11_000_000), local)
+        .unwrap();
+    assert_eq!(store.list_uploads(None).unwrap().len(), 2);
 }
 
 #[test]

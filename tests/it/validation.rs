@@ -1,13 +1,13 @@
 //! Content validation through the public `Store` API: categories, magic bytes against names
-//! and declared types, size limits before and while streaming, and that a refused put commits
-//! nothing.
+//! and declared types, size limits before and while streaming (for a client's put, and for the
+//! owner's when configured), and that a refused put commits nothing.
 
 use std::io::{self, Read};
 use std::sync::Arc;
 
-use tessera::validate::policy::{TYPE_MISMATCH, TYPE_NOT_ALLOWED};
+use tessera::validate::policy::{CATEGORY_MISMATCH, TYPE_MISMATCH, TYPE_NOT_ALLOWED};
 use tessera::validate::{CategoryRule, Policy};
-use tessera::{Config, Error, ListQuery, PutOptions, Store};
+use tessera::{Config, Error, ListQuery, Origin, PutOptions, Store};
 
 use crate::common::{TempStore, random_bytes, text_bytes};
 
@@ -38,6 +38,14 @@ fn named(name: &str) -> PutOptions {
     PutOptions {
         name: Some(name.into()),
         ..PutOptions::key(name)
+    }
+}
+
+/// [`named`], as a put made for an untrusted client (held to the category limits).
+fn client(name: &str) -> PutOptions {
+    PutOptions {
+        origin: Origin::Client,
+        ..named(name)
     }
 }
 
@@ -146,7 +154,7 @@ fn a_declared_size_over_the_limit_is_refused_before_reading() {
     let store = t.create();
     let opts = PutOptions {
         declared_size: Some(10_000_001),
-        ..named("huge.png")
+        ..client("huge.png")
     };
     match store.put(MustNotRead, &opts) {
         Err(Error::TooLarge { limit, what }) => {
@@ -166,9 +174,16 @@ fn a_declared_size_over_the_limit_is_refused_before_reading() {
     // A declared size within the limit reads as usual.
     let fine = PutOptions {
         declared_size: Some(2000),
-        ..named("fine.png")
+        ..client("fine.png")
     };
     assert_eq!(store.put(&small[..], &fine).unwrap().file.mime, "image/png");
+    // The store's owner is not held to the category limits: the same size is stored.
+    let local = PutOptions {
+        declared_size: Some(10_000_001),
+        ..named("huge.png")
+    };
+    let f = store.put(&png(10_000_001)[..], &local).unwrap().file;
+    assert_eq!((f.category.as_str(), f.size), ("images", 10_000_001));
 }
 
 #[test]
@@ -183,7 +198,16 @@ fn an_undeclared_oversize_input_fails_while_streaming_and_commits_nothing() {
             max_size: 100_000,
         },
     );
-    let store = with_policy(&t, policy);
+    // `local_category_limits`: the owner's own puts are held to the limits too.
+    let store = Store::create(
+        t.path(),
+        Config {
+            policy: Arc::new(policy),
+            local_category_limits: true,
+            ..Config::default()
+        },
+    )
+    .unwrap();
     store.put(&jpeg(3000)[..], &named("keep.jpg")).unwrap();
     let before = committed(&store);
 
@@ -243,7 +267,7 @@ fn categories_are_inferred_from_the_extension() {
     assert_eq!(cat(&text_bytes(2, 500), "lib.rs"), "other");
     assert_eq!(cat(&text_bytes(3, 500), "Cargo.toml"), "other");
     assert_eq!(cat(&random_bytes(4, 500), "blob"), "other");
-    // An explicit category wins, and must exist.
+    // The owner's explicit category wins when it takes the file, and must exist.
     let explicit = PutOptions {
         category: Some("other".into()),
         ..named("e.png")
@@ -266,15 +290,26 @@ fn categories_are_inferred_from_the_extension() {
     };
     assert_eq!(
         code(store.put(MustNotRead, &wrong).unwrap_err()),
-        TYPE_NOT_ALLOWED
+        CATEGORY_MISMATCH
     );
+    // A client's `other` does not take a PNG out of images.
+    let asked = PutOptions {
+        category: Some("other".into()),
+        ..client("h.png")
+    };
+    assert_eq!(
+        store.put(&png(100)[..], &asked).unwrap().file.category,
+        "images"
+    );
+    // Names that claim nothing are classified by their content.
+    assert_eq!(cat(&png(100), "upload"), "images");
     let images = store
         .list(&ListQuery {
             category: Some("images".into()),
             ..Default::default()
         })
         .unwrap();
-    assert_eq!(images.files.len(), 2);
+    assert_eq!(images.files.len(), 4);
 }
 
 #[test]
@@ -283,12 +318,19 @@ fn a_policy_without_other_refuses_unknown_extensions() {
     let mut policy = Policy::default();
     policy.categories.remove(tessera::store::DEFAULT_CATEGORY);
     let store = with_policy(&t, policy);
-    for name in ["main.rs", "README", "setup.exe"] {
-        let err = store.put(MustNotRead, &named(name)).unwrap_err();
-        assert_eq!(code(err), TYPE_NOT_ALLOWED, "{name}");
-    }
+    // A name that decides it is refused before reading...
+    let err = store.put(MustNotRead, &named("main.rs")).unwrap_err();
+    assert_eq!(code(err), TYPE_NOT_ALLOWED);
+    // ...names that claim nothing (`.exe` is octet-stream to mime_guess) once the content is
+    // known.
+    let err = store
+        .put(&text_bytes(1, 500)[..], &named("README"))
+        .unwrap_err();
+    assert_eq!(code(err), TYPE_NOT_ALLOWED);
+    let err = store.put(&exe()[..], &named("setup.exe")).unwrap_err();
+    assert_eq!(code(err), TYPE_NOT_ALLOWED);
     assert!(matches!(
-        store.put(MustNotRead, &PutOptions::default()),
+        store.put(&random_bytes(2, 500)[..], &PutOptions::default()),
         Err(Error::Rejected { .. })
     ));
     assert_eq!(

@@ -241,8 +241,11 @@ pub fn put(ctx: &Ctx, a: PutArgs) -> CmdResult {
         category: a.category.clone(),
         mime: a.mime.clone(),
         public: a.public,
-        // A file's size is known up front: one over its category's limit is refused unread.
+        // A file's size is known up front: the quota is reserved before it is read (and,
+        // with `local_category_limits`, one over its category's limit is refused unread).
         declared_size: job.len,
+        // The store's owner: see `tessera put --help`.
+        origin: tessera::Origin::Local,
         ..Default::default()
     };
     for batch in batches(&jobs) {

@@ -89,6 +89,13 @@ enum Cmd {
     /// Create a new, empty store.
     Init(InitArgs),
     /// Store files (creates the store if there is none yet).
+    ///
+    /// A local put acts for the store's owner: it is not bound by the categories' size
+    /// limits (`max_size` of [categories.*]) unless the configuration sets
+    /// `[uploads] local_category_limits = true`; quotas still apply. The content is still
+    /// checked against the file's name (magic bytes), and virus-scanned when [scan] is
+    /// configured (a file larger than scan.stream_max is then refused). Uploads through
+    /// `tessera serve` are always held to the category limits.
     Put(PutArgs),
     /// Write a file's content to a local file.
     Get(GetArgs),
@@ -187,8 +194,10 @@ struct PutArgs {
     /// Key of the file (only with exactly one FILE). A put to an existing key adds a version.
     #[arg(long, value_name = "K")]
     key: Option<String>,
-    /// Category of the files [default: inferred from each file's extension: images,
-    /// documents, videos, archives, else other].
+    /// Category of the files; it must take each file's extension and detected type
+    /// (else category_mismatch) [default: decided per file: the category that lists its
+    /// extension (images, documents, videos, archives), else the one that lists its detected
+    /// type, else other].
     #[arg(long, value_name = "C")]
     category: Option<String>,
     /// Declared MIME type; the content's magic bytes must agree with it [default: none, the

@@ -90,6 +90,7 @@ impl From<tessera::Error> for Fail {
             E::ScanUnavailable(_) => "scanner_unavailable",
             E::QuotaExceeded(_) => "quota_exceeded",
             E::Unavailable { .. } => "unavailable",
+            E::TooMany { code, .. } => code,
             _ => "error",
         };
         let message = e.to_string();

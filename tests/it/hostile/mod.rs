@@ -4,6 +4,8 @@
 //! fixtures (`Service`: a server with an admin, alice and bob) are in `crate::http`.
 
 mod accounts;
+mod categories;
 mod internals;
 mod links;
+mod tus_flood;
 mod visibility;
