@@ -5,17 +5,22 @@
 //! - **head**: waiting for a request's headers, from the accept (or, on a keep-alive
 //!   connection, from the first byte after an idle spell): `header_read_timeout`;
 //! - **idle**: no request in flight and no byte of a new one: `idle_timeout`;
-//! - **busy**: requests in flight. Request bodies have their own timer (`body_idle`); the
-//!   watchdog cuts a response the client has stopped reading (a write that has made no
-//!   progress for `body_idle_timeout`). Time the handlers spend working is not the client's.
+//! - **busy**: requests in flight. Time the handlers spend working is the server's, not the
+//!   client's, and request bodies have their own timer (`body_idle`); what the watchdog times
+//!   is a response the client has stopped taking: a response whose next frame the transport
+//!   has not come back for within `body_idle_timeout` (a full socket on HTTP/1, a flow-control
+//!   window never reopened on HTTP/2 — no write is even attempted then, so watching the
+//!   socket's writes would not see it).
 //!
 //! hyper's own `header_read_timeout` cannot tell the first two apart (hyper 1.x starts it when
 //! a keep-alive connection goes idle, and it does not run at all while the auto builder reads
 //! the first 24 bytes to tell HTTP/1 from HTTP/2), so the watchdog keeps both; hyper's timer is
-//! set to the longer of the two as a backstop. [`TimedIo`] reports reads and writes,
-//! [`RequestGuard`] reports requests starting and their responses ending, and [`watch`] sleeps
-//! until the current deadline, woken when a change brings it closer.
+//! set to the longer of the two as a backstop. [`TimedIo`] reports reads, [`RequestGuard`] a
+//! request from its headers to the end of its response, [`TrackedBody`] the transport taking
+//! response frames, and [`watch`] sleeps until the current deadline, woken when a change brings
+//! it closer.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -33,7 +38,7 @@ use tokio::time::Instant;
 pub struct Timeouts {
     pub header: Duration,
     pub idle: Duration,
-    /// Also the longest a response write may make no progress.
+    /// Also the longest a response may wait for the client to take its next frame.
     pub body: Duration,
 }
 
@@ -42,7 +47,7 @@ pub struct Timeouts {
 pub enum Expired {
     Header,
     Idle,
-    /// The client stopped reading a response.
+    /// The client stopped taking a response.
     Send,
     /// Closed to make room: the connection cap was full and this one had sent no complete
     /// request (see `listen`).
@@ -70,8 +75,10 @@ enum Phase {
 #[derive(Debug)]
 struct Clocks {
     phase: Phase,
-    /// Since when a write has been pending without progress.
-    write_stalled: Option<Instant>,
+    /// Responses (by request number) handed to hyper and waiting for the transport to take
+    /// their next frame, since when.
+    owed: BTreeMap<u64, Instant>,
+    next_request: u64,
     /// HTTP/2 frames arrive on an idle connection (window updates, pings) without starting a
     /// request: on such a connection only the idle timer runs between requests.
     h2: bool,
@@ -96,7 +103,8 @@ impl ConnState {
             timeouts,
             clocks: Mutex::new(Clocks {
                 phase: Phase::Head(Instant::now()),
-                write_stalled: None,
+                owed: BTreeMap::new(),
+                next_request: 0,
                 h2: false,
                 served: false,
                 displaced: None,
@@ -121,19 +129,6 @@ impl ConnState {
         }
     }
 
-    fn on_write(&self, progressed: bool) {
-        let mut c = self.clocks();
-        if progressed {
-            c.write_stalled = None;
-        } else if c.write_stalled.is_none() {
-            c.write_stalled = Some(Instant::now());
-            if let Phase::Busy(_) = c.phase {
-                drop(c);
-                self.changed.notify_one();
-            }
-        }
-    }
-
     /// A request's headers have arrived; the guard marks the end of its response when dropped.
     pub fn request_started(self: &Arc<Self>, version: axum::http::Version) -> RequestGuard {
         let mut c = self.clocks();
@@ -143,17 +138,39 @@ impl ConnState {
             Phase::Busy(n) => Phase::Busy(n + 1),
             _ => Phase::Busy(1),
         };
+        let id = c.next_request;
+        c.next_request += 1;
         // The deadline moved later (or went away): the watchdog finds out when it wakes.
-        RequestGuard(self.clone())
+        RequestGuard {
+            state: self.clone(),
+            id,
+        }
     }
 
-    fn request_done(&self) {
+    /// Response `id` waits for the transport to take its next frame.
+    fn owe(&self, id: u64) {
         let mut c = self.clocks();
+        let first = c.owed.is_empty();
+        c.owed.insert(id, Instant::now());
+        drop(c);
+        // Any other wait started earlier and ends earlier: only the first one is news.
+        if first {
+            self.changed.notify_one();
+        }
+    }
+
+    /// The transport came back for response `id`'s next frame.
+    fn paid(&self, id: u64) {
+        self.clocks().owed.remove(&id);
+    }
+
+    fn request_done(&self, id: u64) {
+        let mut c = self.clocks();
+        c.owed.remove(&id);
         if let Phase::Busy(n) = c.phase {
             c.phase = if n > 1 {
                 Phase::Busy(n - 1)
             } else {
-                c.write_stalled = None;
                 Phase::Idle(Instant::now())
             };
         }
@@ -194,7 +211,10 @@ impl ConnState {
         match c.phase {
             Phase::Head(since) => Some((since + t.header, Expired::Header)),
             Phase::Idle(since) => Some((since + t.idle, Expired::Idle)),
-            Phase::Busy(_) => c.write_stalled.map(|since| (since + t.body, Expired::Send)),
+            Phase::Busy(_) => {
+                let oldest = c.owed.values().min()?;
+                Some((*oldest + t.body, Expired::Send))
+            }
         }
     }
 }
@@ -219,26 +239,30 @@ pub async fn watch(state: &ConnState) -> Expired {
 
 /// Held by a request from its headers to the end of its response (it rides in the response
 /// body, which hyper drops once the last byte is written or the connection is gone).
-pub struct RequestGuard(Arc<ConnState>);
+pub struct RequestGuard {
+    state: Arc<ConnState>,
+    id: u64,
+}
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.0.request_done();
+        self.state.request_done(self.id);
     }
 }
 
-/// A response body carrying its request's [`RequestGuard`].
+/// A response body carrying its request's [`RequestGuard`], which tells the watchdog whether
+/// the transport keeps taking its frames: from the moment the response is handed over, and
+/// after each frame, the transport owes a poll. A poll that finds the body not ready is the
+/// server's wait, not the client's, and is not timed.
 pub struct TrackedBody<B> {
     inner: B,
-    _guard: RequestGuard,
+    guard: RequestGuard,
 }
 
 impl<B> TrackedBody<B> {
     pub fn new(inner: B, guard: RequestGuard) -> Self {
-        TrackedBody {
-            inner,
-            _guard: guard,
-        }
+        guard.state.owe(guard.id);
+        TrackedBody { inner, guard }
     }
 }
 
@@ -250,7 +274,13 @@ impl<B: Body<Data = Bytes> + Unpin> Body for TrackedBody<B> {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        this.guard.state.paid(this.guard.id);
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(Some(Ok(_)))) {
+            this.guard.state.owe(this.guard.id);
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
@@ -262,7 +292,7 @@ impl<B: Body<Data = Bytes> + Unpin> Body for TrackedBody<B> {
     }
 }
 
-/// A socket that reports its reads and writes to the connection's [`ConnState`].
+/// A socket that reports the bytes it reads to the connection's [`ConnState`].
 pub struct TimedIo<T> {
     io: T,
     state: Arc<ConnState>,
@@ -295,9 +325,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.note_write(&r);
-        r
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -305,9 +333,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.note_write(&r);
-        r
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -323,19 +349,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for TimedIo<T> {
     }
 }
 
-impl<T> TimedIo<T> {
-    fn note_write(&self, r: &Poll<io::Result<usize>>) {
-        match r {
-            Poll::Pending => self.state.on_write(false),
-            Poll::Ready(Ok(n)) if *n > 0 => self.state.on_write(true),
-            Poll::Ready(_) => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     fn timeouts() -> Timeouts {
         Timeouts {
@@ -355,11 +372,6 @@ mod tests {
 
         let g = s.request_started(axum::http::Version::HTTP_11);
         assert!(s.deadline().is_none(), "a handler at work is not timed");
-        s.on_write(false);
-        assert_eq!(s.deadline().unwrap().1, Expired::Send);
-        s.on_write(true);
-        assert!(s.deadline().is_none());
-
         let g2 = s.request_started(axum::http::Version::HTTP_11);
         drop(g);
         assert!(s.deadline().is_none(), "one request still in flight");
@@ -373,6 +385,39 @@ mod tests {
         );
         s.on_read();
         assert_eq!(s.deadline().unwrap().1, Expired::Header);
+    }
+
+    #[tokio::test]
+    async fn a_response_is_timed_only_while_the_transport_owes_a_poll() {
+        let s = ConnState::new(timeouts());
+        let g = s.request_started(axum::http::Version::HTTP_11);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
+        let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv()
+                .await
+                .map(|b| (Ok::<_, io::Error>(Frame::data(b)), rx))
+        });
+        let mut body = TrackedBody::new(http_body_util::StreamBody::new(Box::pin(stream)), g);
+        assert_eq!(
+            s.deadline().unwrap().1,
+            Expired::Send,
+            "handed over, not yet taken"
+        );
+        tx.send(Bytes::from_static(b"x")).await.unwrap();
+        body.frame().await.unwrap().unwrap();
+        assert_eq!(
+            s.deadline().unwrap().1,
+            Expired::Send,
+            "the next frame is owed"
+        );
+        // The transport comes back and finds the body waiting on the server: not timed.
+        let waiting = tokio::time::timeout(Duration::from_millis(20), body.frame()).await;
+        assert!(waiting.is_err());
+        assert!(s.deadline().is_none());
+        drop(tx);
+        assert!(body.frame().await.is_none());
+        drop(body);
+        assert_eq!(s.deadline().unwrap().1, Expired::Idle);
     }
 
     #[tokio::test]
@@ -398,5 +443,14 @@ mod tests {
         });
         drop(s.request_started(axum::http::Version::HTTP_11));
         assert_eq!(watch(&s).await, Expired::Idle);
+        let s = ConnState::new(Timeouts {
+            header: Duration::from_secs(3600),
+            idle: Duration::from_secs(3600),
+            body: Duration::from_millis(20),
+        });
+        let g = s.request_started(axum::http::Version::HTTP_11);
+        let body = TrackedBody::new(http_body_util::Empty::<Bytes>::new(), g);
+        assert_eq!(watch(&s).await, Expired::Send);
+        drop(body);
     }
 }

@@ -145,7 +145,8 @@ fn fresh_healthz(url: &str) -> StatusCode {
 }
 
 /// The connections the service has closed for `timeout` ("header", "idle", "send",
-/// "displaced"), from `/metrics` (one recorder per process: compare before and after).
+/// "displaced"), from `/metrics` (one recorder per process: compare before and after, holding
+/// [`SEND_COUNTER`]).
 fn timeouts_counted(s: &Service, timeout: &str) -> u64 {
     let text = s.get("/metrics", None).send().unwrap().text().unwrap();
     let key = format!("tessera_http_connection_timeouts_total{{timeout=\"{timeout}\"}}");
@@ -153,6 +154,10 @@ fn timeouts_counted(s: &Service, timeout: &str) -> u64 {
         .find_map(|l| l.strip_prefix(&key))
         .map_or(0, |v| v.trim().parse().unwrap())
 }
+
+/// Held by the cases that wait for the process-wide "send" count to move, so that one case
+/// never takes another's cut for its own.
+static SEND_COUNTER: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 // ---- Headers ----
 
@@ -366,6 +371,7 @@ fn download_the_client_stops_reading_is_cut_and_the_file_is_intact() {
     // Larger than what loopback socket buffers hold, so the server's writes stall.
     let data = random_bytes(5, 32 << 20);
     let id = s.put(&s.alice, "blob.bin", &data);
+    let _counter = SEND_COUNTER.lock().unwrap_or_else(|p| p.into_inner());
     let before = timeouts_counted(&s, "send");
 
     let mut c = connect(&addr(&s));
@@ -404,6 +410,49 @@ fn download_the_client_stops_reading_is_cut_and_the_file_is_intact() {
         received.len()
     );
     // The file is untouched and served whole to a reader that reads.
+    let got = s
+        .get(&format!("/api/files/{id}"), Some(&s.alice))
+        .send()
+        .unwrap()
+        .bytes()
+        .unwrap();
+    assert!(got.as_ref() == data.as_slice());
+    assert_eq!(s.file_count("alice"), 1);
+}
+
+#[test]
+fn download_over_http2_whose_client_never_reopens_its_window_is_cut() {
+    let s = Service::with(|c| c.server.body_idle_timeout = ms(500));
+    let data = random_bytes(6, 32 << 20);
+    let id = s.put(&s.alice, "blob.bin", &data);
+    let _counter = SEND_COUNTER.lock().unwrap_or_else(|p| p.into_inner());
+    let before = timeouts_counted(&s, "send");
+    let client = reqwest::blocking::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(BOUND)
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("{}/api/files/{id}", s.url))
+        .bearer_auth(&s.alice)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    // Reading nothing, the client's flow-control window stays shut once full: the server
+    // cannot even try to write, and must still give up.
+    let deadline = Instant::now() + BOUND;
+    while timeouts_counted(&s, "send") == before {
+        assert!(
+            Instant::now() < deadline,
+            "an HTTP/2 download nobody reads was never cut"
+        );
+        std::thread::sleep(ms(100));
+    }
+    assert!(
+        r.bytes().is_err(),
+        "the cut stream still delivered a whole body"
+    );
     let got = s
         .get(&format!("/api/files/{id}"), Some(&s.alice))
         .send()
@@ -722,12 +771,17 @@ fn shutdown_finishes_an_upload_in_flight_and_stops_accepting() {
         format!(
             "POST /api/files HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {}\r\n\
              Content-Type: multipart/form-data; boundary={boundary}\r\n\
-             Content-Length: {total}\r\n\r\n{part}",
+             Expect: 100-continue\r\nContent-Length: {total}\r\n\r\n",
             s.alice
         )
         .as_bytes(),
     )
     .unwrap();
+    // The handler asks for the body: the request is in flight (a connection whose headers
+    // had not been read yet would be closed by the shutdown, as with any server).
+    let interim = read_answer(&mut c, BOUND).expect("100 Continue");
+    assert_eq!(interim.status, 100);
+    c.write_all(part.as_bytes()).unwrap();
     c.write_all(&data[..100_000]).unwrap();
     let a = addr(&s);
     s.begin_shutdown();
