@@ -6,6 +6,11 @@
 //! [server]
 //! listen = "127.0.0.1:8080"
 //! public_url = "https://files.example.com"   # used in tus Location headers and signed links
+//! header_read_timeout = "30s"                  # a request's headers must arrive within this
+//! idle_timeout = "60s"                         # an idle keep-alive connection is closed after this
+//! body_idle_timeout = "60s"                    # a body (up or down) that stalls this long is cut
+//! # max_connections = 10000                    # default: from the open-file limit (see below)
+//! # fd_reserve = 1024                          # descriptors kept for packs, index, uploads...
 //!
 //! [uploads]
 //! max_upload = "5GiB"
@@ -535,6 +540,30 @@ pub struct ServerSettings {
     /// Threads for engine work (puts, gets) off the async runtime. Default 0 = tokio's default
     /// blocking pool.
     pub worker_threads: usize,
+    /// A client must finish sending a request's headers within this long: from accepting the
+    /// connection, and on a keep-alive connection from the first byte of the next request. A
+    /// connection that misses it is closed (slowloris, half-sent headers). Default 30 s.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// A connection with no request in flight and no byte of a new one is closed after this
+    /// long. Default 60 s.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// A request body that delivers no byte for this long while the server waits for one fails
+    /// the request (408 `body_timeout`; a multipart upload stores nothing, a tus PATCH keeps
+    /// the bytes received and stays resumable), and a response the client reads nothing of for
+    /// this long is cut. Default 60 s.
+    #[serde(with = "duration")]
+    pub body_idle_timeout: Duration,
+    /// Most client connections open at once; more wait in the listen backlog until one closes
+    /// (they are accepted in turn, never refused). Default: derived at start from the open-file
+    /// limit (the soft `RLIMIT_NOFILE`, first raised to the hard limit) minus the descriptors
+    /// already open (packs, index) minus `fd_reserve`; the figures are logged.
+    pub max_connections: Option<usize>,
+    /// Descriptors kept back from connections for what the service opens while it runs (new
+    /// packs, staged uploads, clamd and S3 connections). Default: an eighth of the open-file
+    /// limit, at least 64.
+    pub fd_reserve: Option<u64>,
 }
 
 impl Default for ServerSettings {
@@ -545,7 +574,32 @@ impl Default for ServerSettings {
             metrics_token: None,
             trust_forwarded: false,
             worker_threads: 0,
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            body_idle_timeout: Duration::from_secs(60),
+            max_connections: None,
+            fd_reserve: None,
         }
+    }
+}
+
+impl ServerSettings {
+    fn check(&self) -> std::result::Result<(), String> {
+        for (key, d) in [
+            ("header_read_timeout", self.header_read_timeout),
+            ("idle_timeout", self.idle_timeout),
+            ("body_idle_timeout", self.body_idle_timeout),
+        ] {
+            // Zero would close every connection at once; "never" is what the timers exist
+            // to prevent.
+            if d.is_zero() {
+                return Err(format!("server.{key} must be more than 0"));
+            }
+        }
+        if self.max_connections == Some(0) {
+            return Err("server.max_connections must be at least 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -869,6 +923,7 @@ impl Settings {
 
     /// Cross-section checks: scanned categories must exist.
     pub fn check(&self) -> std::result::Result<(), String> {
+        self.server.check()?;
         self.quotas.check()?;
         if self.uploads.max_sessions_per_user == 0 {
             return Err("uploads.max_sessions_per_user must be at least 1".into());
@@ -1056,6 +1111,40 @@ mod tests {
             "[uploads]\ndeferred_reservation = \"lots\"\n",
         ] {
             assert!(Settings::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn server_limits_parse_and_zero_is_refused() {
+        let d = Settings::default();
+        assert_eq!(d.server.header_read_timeout, Duration::from_secs(30));
+        assert_eq!(d.server.idle_timeout, Duration::from_secs(60));
+        assert_eq!(d.server.body_idle_timeout, Duration::from_secs(60));
+        assert_eq!(
+            (d.server.max_connections, d.server.fd_reserve),
+            (None, None)
+        );
+        let s = Settings::parse(
+            "[server]\nheader_read_timeout = \"250ms\"\nidle_timeout = \"2s\"\n\
+             body_idle_timeout = \"1500ms\"\nmax_connections = 8\nfd_reserve = 100\n",
+        )
+        .unwrap();
+        assert_eq!(s.server.header_read_timeout, Duration::from_millis(250));
+        assert_eq!(s.server.idle_timeout, Duration::from_secs(2));
+        assert_eq!(s.server.body_idle_timeout, Duration::from_millis(1500));
+        assert_eq!(s.server.max_connections, Some(8));
+        assert_eq!(s.server.fd_reserve, Some(100));
+        let back = Settings::parse(&toml::to_string(&s).unwrap()).unwrap();
+        assert_eq!(back.server.header_read_timeout, Duration::from_millis(250));
+        assert_eq!(back.server.max_connections, Some(8));
+        for bad in [
+            "header_read_timeout = \"0s\"",
+            "idle_timeout = \"0ms\"",
+            "body_idle_timeout = \"0s\"",
+            "max_connections = 0",
+        ] {
+            let err = Settings::parse(&format!("[server]\n{bad}\n")).unwrap_err();
+            assert!(err.contains(bad.split(' ').next().unwrap()), "{err}");
         }
     }
 

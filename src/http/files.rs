@@ -14,6 +14,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::auth::{Admin, Caller, Subject, User, can_read, can_write};
+use super::body_idle::{is_body_timeout, timeout_answer};
 use super::bridge::{ChannelReader, QUEUE};
 use super::download::{self, Cache, Target};
 use super::error::{ApiError, ApiResult};
@@ -193,12 +194,26 @@ pub(crate) async fn receive(
     let mut results: Vec<FileResult> = Vec::new();
     let mut received: u64 = 0;
     let mut malformed: Option<String> = None;
+    // The body stalled (server.body_idle_timeout): 408 instead of 400.
+    let mut timed_out = false;
+    let stall = state.settings.server.body_idle_timeout;
+    let cut = |timed_out: bool, message: String| {
+        if timed_out {
+            timeout_answer(format!(
+                "no byte of the upload arrived for {}; the file was not stored",
+                humantime::format_duration(stall)
+            ))
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", message)
+        }
+    };
 
     loop {
         let mut field = match mp.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => {
+                timed_out |= is_body_timeout(&e);
                 malformed = Some(e.body_text());
                 break;
             }
@@ -218,6 +233,7 @@ pub(crate) async fn receive(
                     }
                     Ok(None) => break,
                     Err(e) => {
+                        timed_out |= is_body_timeout(&e);
                         malformed = Some(e.body_text());
                         break;
                     }
@@ -293,6 +309,7 @@ pub(crate) async fn receive(
                 Err(e) => {
                     // A cut or garbled body: the put must fail, never commit a prefix.
                     let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
+                    timed_out |= is_body_timeout(&e);
                     malformed = Some(e.body_text());
                     break;
                 }
@@ -328,11 +345,7 @@ pub(crate) async fn receive(
             ),
             Err(_) if malformed.is_some() => FileResult::failed(
                 Some(file_name),
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "bad_multipart",
-                    malformed.clone().unwrap_or_default(),
-                ),
+                cut(timed_out, malformed.clone().unwrap_or_default()),
             ),
             Err(e) => FileResult::failed(Some(file_name), e.into()),
         };
@@ -344,7 +357,7 @@ pub(crate) async fn receive(
 
     if results.is_empty() {
         return Err(match malformed {
-            Some(m) => ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", m),
+            Some(m) => cut(timed_out, m),
             None => ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "no_files",

@@ -3,22 +3,28 @@
 //! Handlers stay thin: they authenticate, check access, and call the `Store` on tokio's
 //! blocking pool ([`blocking`]) so engine work never stalls the async threads. Bodies stream
 //! both ways through bounded channels (`bridge`), so a 5 GiB upload or download holds a few
-//! hundred KiB. Engine errors become statuses in one place (`error`).
+//! hundred KiB. Engine errors become statuses in one place (`error`). Connections are accepted
+//! by `listen` (hyper-util under a connection cap), each with a `watchdog` timer, and every
+//! request body stalls out after `server.body_idle_timeout` (`body_idle`).
 
 mod admin;
 mod auth;
+mod body_idle;
 mod bridge;
 mod download;
 pub mod error;
+pub mod fdlimit;
 mod files;
 #[cfg(feature = "media")]
 mod images;
 pub mod links;
+mod listen;
 pub mod maintenance;
 mod metrics;
 mod quota;
 mod sharing;
 pub mod tus;
+mod watchdog;
 
 use std::future::Future;
 use std::io::Write;
@@ -224,10 +230,13 @@ pub fn load_signer(store_dir: &Path, settings: &Settings) -> Result<Signer> {
 pub struct Server {
     listener: TcpListener,
     state: AppState,
+    budget: fdlimit::FdBudget,
 }
 
 impl Server {
-    /// Binds `settings.server.listen` (port 0 picks a free port).
+    /// Binds `settings.server.listen` (port 0 picks a free port). Raises the process's soft
+    /// open-file limit to the hard limit and derives the connection cap from it (logged; see
+    /// `fdlimit`), after the store is open, so its packs count as in use.
     pub async fn bind(store: Store, settings: Settings) -> Result<Server> {
         let listener = TcpListener::bind(settings.server.listen)
             .await
@@ -241,7 +250,10 @@ impl Server {
         };
         let signer = load_signer(store.dir(), &settings)?;
         metrics::handle();
+        let budget = fdlimit::budget(&settings.server);
+        budget.log();
         Ok(Server {
+            budget,
             listener,
             state: AppState {
                 store,
@@ -252,13 +264,19 @@ impl Server {
         })
     }
 
+    /// The connection cap and the figures it came from.
+    pub fn budget(&self) -> &fdlimit::FdBudget {
+        &self.budget
+    }
+
     pub fn local_addr(&self) -> SocketAddr {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
     }
 
-    /// Serves until `shutdown` completes, then finishes the requests in flight. Meanwhile
+    /// Serves until `shutdown` completes, then finishes the requests in flight (idle
+    /// connections close; the timeouts keep running). Meanwhile
     /// expired upload sessions are swept every `uploads.sweep_interval` (and once at start),
     /// and, with `maintenance.enabled`, the maintenance scheduler runs its jobs.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
@@ -285,18 +303,17 @@ impl Server {
         // joined after their current job) when serving ends.
         #[cfg(feature = "media")]
         let image_workers = self.state.store.start_image_workers()?;
+        let server = &self.state.settings.server;
+        let limits = listen::Limits {
+            timeouts: watchdog::Timeouts {
+                header: server.header_read_timeout,
+                idle: server.idle_timeout,
+                body: server.body_idle_timeout,
+            },
+            max_connections: self.budget.max_connections,
+        };
         let app = router(self.state);
-        // Without TCP_NODELAY a response written as headers then body waits for the client's
-        // delayed ACK (Nagle): 40 ms per small download.
-        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::warn!(error = %e, "could not set TCP_NODELAY");
-            }
-        });
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .ctx(|| "serving HTTP".into());
+        listen::serve(self.listener, app, limits, shutdown).await;
         sweeper.abort();
         let _ = stop_maintenance.send(true);
         if let Some(task) = maintenance {
@@ -305,6 +322,6 @@ impl Server {
         }
         #[cfg(feature = "media")]
         let _ = tokio::task::spawn_blocking(move || drop(image_workers)).await;
-        served
+        Ok(())
     }
 }

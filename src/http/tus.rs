@@ -33,6 +33,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
 use super::auth::User;
+use super::body_idle::{is_body_timeout, timeout_answer};
 use super::bridge::QUEUE;
 use super::error::{ApiError, ApiResult};
 use super::{AppState, blocking, metrics};
@@ -649,22 +650,34 @@ enum Piece {
     End,
     /// The body broke off (connection lost, or shorter than its `Content-Length`).
     Broken(String),
+    /// The client sent nothing for `server.body_idle_timeout`.
+    Stalled(String),
 }
 
 /// The error a [`BodyReader`] fails with when the client's body broke off.
 #[derive(Debug)]
-struct BodyBroken(String);
+struct BodyBroken {
+    why: String,
+    /// Cut by the body-inactivity timeout rather than by the client.
+    stalled: bool,
+}
 
 impl std::fmt::Display for BodyBroken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the request body broke off: {}", self.0)
+        write!(f, "the request body broke off: {}", self.why)
     }
 }
 
 impl std::error::Error for BodyBroken {}
 
-fn broken(why: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::ConnectionAborted, BodyBroken(why.into()))
+fn broken(why: impl Into<String>, stalled: bool) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        BodyBroken {
+            why: why.into(),
+            stalled,
+        },
+    )
 }
 
 /// A blocking `Read` over a request body. End of file only on an explicit [`Piece::End`]: a
@@ -684,8 +697,9 @@ impl Read for BodyReader {
             match self.rx.blocking_recv() {
                 Some(Piece::Data(b)) => self.current = b,
                 Some(Piece::End) => self.ended = true,
-                Some(Piece::Broken(why)) => return Err(broken(why)),
-                None => return Err(broken("the request ended before its body")),
+                Some(Piece::Broken(why)) => return Err(broken(why, false)),
+                Some(Piece::Stalled(why)) => return Err(broken(why, true)),
+                None => return Err(broken("the request ended before its body", false)),
             }
         }
         let n = buf.len().min(self.current.len());
@@ -706,6 +720,9 @@ async fn pump(body: Body, tx: mpsc::Sender<Piece>, expected: Option<u64>) {
             Some(Ok(b)) => {
                 received += b.len() as u64;
                 Piece::Data(b)
+            }
+            Some(Err(e)) if is_body_timeout(&e) => {
+                Piece::Stalled(format!("after {received} bytes: {e}"))
             }
             Some(Err(e)) => Piece::Broken(format!("after {received} bytes: {e}")),
             None => match expected {
@@ -751,13 +768,24 @@ async fn append(
                 .get_ref()
                 .is_some_and(|e| e.downcast_ref::<BodyBroken>().is_some()) =>
         {
-            // The client went away; the bytes that arrived are kept (see `upload_append`).
+            // The client went away (or fell silent); the bytes that arrived are kept (see
+            // `upload_append`), so HEAD gives the offset to resume from.
             tracing::info!(upload = %id, "upload body broke off: {source}");
-            Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "incomplete_body",
-                source.to_string(),
-            ))
+            let stalled = source
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<BodyBroken>())
+                .is_some_and(|b| b.stalled);
+            Err(if stalled {
+                timeout_answer(format!(
+                    "{source}; the bytes received are kept: HEAD for the offset, then resume"
+                ))
+            } else {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "incomplete_body",
+                    source.to_string(),
+                )
+            })
         }
         Ok(Err(e)) => Err(e.into()),
         Err(e) => Err(ApiError::internal(format_args!(

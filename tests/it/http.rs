@@ -166,6 +166,14 @@ impl Service {
         }
     }
 
+    /// Tells the server to stop, as Ctrl-C does: it stops accepting and finishes the requests
+    /// in flight.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
     pub fn get(&self, path: &str, token: Option<&str>) -> RequestBuilder {
         let r = self.http.get(format!("{}{path}", self.url));
         match token {

@@ -5,6 +5,7 @@
 
 mod accounts;
 mod categories;
+mod connections;
 mod internals;
 mod links;
 mod tus_flood;
