@@ -10,6 +10,10 @@
 //! [uploads]
 //! max_upload = "5GiB"
 //! session_ttl = "24h"
+//! max_parts = 100                              # file parts per multipart request
+//! max_fields = 300                             # text fields per multipart request
+//! max_field_size = "4KiB"                      # longest text field
+//! max_form_overhead = "256KiB"                 # non-file bytes of a multipart body
 //!
 //! [links]
 //! default_ttl = "1h"
@@ -541,6 +545,20 @@ pub struct UploadSettings {
     /// How often `serve` sweeps expired sessions. Default 10 min.
     #[serde(with = "duration")]
     pub sweep_interval: Duration,
+    /// Most file parts in one multipart request (`POST /api/files`, `/api/images`): the next
+    /// one is refused with 413 `too_many_parts` and the request stores nothing. Default 100.
+    pub max_parts: usize,
+    /// Most text fields (parts without a file name) in one multipart request: 413
+    /// `too_many_fields`, nothing stored. Default 300 (a `key`, `category` and `public`
+    /// before each of 100 files).
+    pub max_fields: usize,
+    /// Longest text field: 413 `field_too_large`, nothing stored. Default 4 KiB.
+    pub max_field_size: ByteSize,
+    /// Most bytes of a multipart body that are not file content — boundaries, part headers,
+    /// text fields, preamble and epilogue together: 413 `form_too_large`, nothing stored.
+    /// It is also the quota's slack for a declared body: a request whose Content-Length
+    /// minus this cannot fit is refused before its body is read. Default 256 KiB.
+    pub max_form_overhead: ByteSize,
 }
 
 impl Default for UploadSettings {
@@ -549,6 +567,10 @@ impl Default for UploadSettings {
             max_upload: ByteSize::gib(5),
             session_ttl: Duration::from_secs(24 * 3600),
             sweep_interval: Duration::from_secs(600),
+            max_parts: 100,
+            max_fields: 300,
+            max_field_size: ByteSize::kib(4),
+            max_form_overhead: ByteSize::kib(256),
         }
     }
 }
@@ -833,6 +855,17 @@ impl Settings {
     /// Cross-section checks: scanned categories must exist.
     pub fn check(&self) -> std::result::Result<(), String> {
         self.quotas.check()?;
+        let u = &self.uploads;
+        if u.max_parts == 0 {
+            return Err("uploads.max_parts must be at least 1".into());
+        }
+        if u.max_field_size > u.max_form_overhead {
+            return Err(format!(
+                "uploads.max_field_size ({}) is more than uploads.max_form_overhead ({}), \
+                 which counts every text field",
+                u.max_field_size, u.max_form_overhead
+            ));
+        }
         if let Some(scan) = &self.scan {
             let policy = self.policy();
             for c in &scan.categories {
@@ -969,6 +1002,13 @@ mod tests {
         let err = Settings::parse("[server]\nlisen = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(err.contains("lisen"), "{err}");
         assert!(Settings::parse("[uploads]\nsession_ttl = \"soon\"\n").is_err());
+        assert_eq!((d.uploads.max_parts, d.uploads.max_fields), (100, 300));
+        let s = Settings::parse("[uploads]\nmax_parts = 3\nmax_form_overhead = \"64KiB\"\n").unwrap();
+        assert_eq!(s.uploads.max_parts, 3);
+        assert_eq!(s.uploads.max_form_overhead, ByteSize::kib(64));
+        assert!(Settings::parse("[uploads]\nmax_parts = 0\n").is_err());
+        assert!(Settings::parse("[uploads]\nmax_field_size = \"1MiB\"\n").is_err());
+        assert!(Settings::parse("[uploads]\nmax_part = 3\n").is_err());
     }
 
     #[test]

@@ -11,11 +11,13 @@ mod bridge;
 mod download;
 pub mod error;
 mod files;
+mod form;
 #[cfg(feature = "media")]
 mod images;
 pub mod links;
 pub mod maintenance;
 mod metrics;
+mod multipart;
 mod quota;
 pub mod tus;
 
