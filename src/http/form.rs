@@ -13,13 +13,18 @@
 //!   [`MAX_PART_HEAD`], and the preamble does not pass [`MAX_PREAMBLE`]: multer never holds more
 //!   than that of either, and the request fails from what was read so far;
 //! - the body stays within `uploads.max_upload`, chunked bodies too;
+//! - it has no more parts than a request may carry (`max_parts` files plus `max_fields` text
+//!   fields; the handler counts each kind, but multer may buffer far ahead of the handler when
+//!   parts are tiny, and this count keeps a flood of them from ending as "too much framing");
 //! - its bytes that are not content (the framing counted here, plus the text fields the
 //!   handler reports with [`Form::add_text`]) stay within `uploads.max_form_overhead`. That
 //!   bound is what lets the quota take `Content-Length - max_form_overhead` as the least
 //!   amount of file content a request declares (see `quota::Pool`).
 //!
-//! It also hands multer at most [`YIELD_AFTER`] bytes per poll: multer's buffer takes everything
-//! a stream has ready in one go.
+//! It hands multer the body in pieces of at most [`PIECE`] bytes, one per poll of multer's: multer's
+//! buffer takes everything a stream has ready in one go, and a small lead keeps the limits this
+//! stream checks from tripping far ahead of the parts multer has shown the handler (so 10,000
+//! tiny parts are refused as too many parts, not as too much framing).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -38,8 +43,8 @@ pub const MAX_PART_HEAD: u64 = 8 << 10;
 pub const MAX_PREAMBLE: u64 = 8 << 10;
 /// Longest boundary RFC 2046 allows.
 pub const MAX_BOUNDARY: usize = 70;
-/// Bytes handed to multer before the stream makes it return (see the module docs).
-const YIELD_AFTER: usize = 256 << 10;
+/// Most bytes handed to multer at a time (see the module docs).
+const PIECE: usize = 64 << 10;
 
 /// Why a body was stopped. The request fails whole: nothing of it is stored.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -54,6 +59,8 @@ pub enum Stop {
         "the form's boundaries, part headers and text fields take more than {limit} bytes"
     )]
     Overhead { limit: u64 },
+    #[error("a request may carry at most {limit} parts (files and text fields)")]
+    TooManyParts { limit: u64 },
     #[error("{0}")]
     Malformed(&'static str),
     /// The body could not be read (the client went away, or sent less than it declared).
@@ -67,6 +74,7 @@ impl From<Stop> for ApiError {
             Stop::PartHeadTooLarge => (StatusCode::BAD_REQUEST, "part_header_too_large"),
             Stop::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Stop::Overhead { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "form_too_large"),
+            Stop::TooManyParts { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_parts"),
             Stop::Preamble | Stop::Malformed(_) | Stop::Cut => {
                 (StatusCode::BAD_REQUEST, "bad_multipart")
             }
@@ -315,19 +323,25 @@ pub struct FormLimits {
     pub max_body: u64,
     /// Framing and text fields together (`uploads.max_form_overhead`).
     pub max_overhead: u64,
+    /// Parts of any kind (`uploads.max_parts + uploads.max_fields`).
+    pub max_parts: u64,
 }
 
 struct Guard {
     body: BodyDataStream,
+    /// The body has ended (it must not be polled again).
+    ended: bool,
+    /// Bytes read from the body and not handed out yet.
+    pending: Bytes,
     scanner: Scanner,
     limits: FormLimits,
-    /// Body bytes read.
+    /// Body bytes handed out.
     total: u64,
     /// Text field bytes the handler reported.
     text: u64,
     stop: Option<Stop>,
-    /// Bytes handed out since the stream last returned `Pending`.
-    since_yield: usize,
+    /// A piece was handed out since the stream last returned `Pending`.
+    handed: bool,
 }
 
 impl Guard {
@@ -336,7 +350,13 @@ impl Guard {
         Poll::Ready(Some(Err(s)))
     }
 
+    /// The counts that grow with the body: parts, then framing and text.
     fn overhead(&self) -> Result<(), Stop> {
+        if self.scanner.parts > self.limits.max_parts {
+            return Err(Stop::TooManyParts {
+                limit: self.limits.max_parts,
+            });
+        }
         if self.scanner.framing + self.text > self.limits.max_overhead {
             return Err(Stop::Overhead {
                 limit: self.limits.max_overhead,
@@ -349,32 +369,39 @@ impl Guard {
         if let Some(s) = &self.stop {
             return Poll::Ready(Some(Err(s.clone())));
         }
-        if self.since_yield >= YIELD_AFTER {
-            // Let multer work through what it has before it takes more.
-            self.since_yield = 0;
+        if self.handed {
+            // One piece per poll: let multer work through it before it takes more.
+            self.handed = false;
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        match self.body.poll_next_unpin(cx) {
-            Poll::Pending => {
-                self.since_yield = 0;
-                Poll::Pending
+        while self.pending.is_empty() {
+            if self.ended {
+                return Poll::Ready(None);
             }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Ready(Some(Err(_))) => self.fail(Stop::Cut),
-            Poll::Ready(Some(Ok(b))) => {
-                self.total += b.len() as u64;
-                if self.total > self.limits.max_body {
-                    let limit = self.limits.max_body;
-                    return self.fail(Stop::TooLarge { limit });
+            match self.body.poll_next_unpin(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => self.ended = true,
+                Poll::Ready(Some(Err(_))) => {
+                    self.ended = true;
+                    return self.fail(Stop::Cut);
                 }
-                if let Err(s) = self.scanner.scan(&b).and_then(|()| self.overhead()) {
-                    return self.fail(s);
-                }
-                self.since_yield += b.len();
-                Poll::Ready(Some(Ok(b)))
+                Poll::Ready(Some(Ok(b))) => self.pending = b,
             }
         }
+        let piece = self
+            .pending
+            .split_to(self.pending.len().min(PIECE));
+        self.total += piece.len() as u64;
+        if self.total > self.limits.max_body {
+            let limit = self.limits.max_body;
+            return self.fail(Stop::TooLarge { limit });
+        }
+        if let Err(s) = self.scanner.scan(&piece).and_then(|()| self.overhead()) {
+            return self.fail(s);
+        }
+        self.handed = true;
+        Poll::Ready(Some(Ok(piece)))
     }
 }
 
@@ -386,12 +413,14 @@ impl Form {
     pub fn new(body: Body, boundary: &str, limits: FormLimits) -> Form {
         Form(Arc::new(Mutex::new(Guard {
             body: body.into_data_stream(),
+            ended: false,
+            pending: Bytes::new(),
             scanner: Scanner::new(boundary),
             limits,
             total: 0,
             text: 0,
             stop: None,
-            since_yield: 0,
+            handed: false,
         })))
     }
 

@@ -224,6 +224,7 @@ pub(crate) async fn receive(
         FormLimits {
             max_body: max,
             max_overhead: overhead,
+            max_parts: (uploads.max_parts + uploads.max_fields) as u64,
         },
     );
     let constraints = multer::Constraints::new()

@@ -2,3 +2,7 @@
 //! service over a real socket, named for the attack. Each asserts the status the attacker
 //! gets and what is (or is not) stored afterwards. One module per area of attack; the
 //! fixtures (`Service`: a server with an admin, alice and bob) are in `crate::http`.
+
+mod multipart;
+mod quota_race;
+mod wire;
