@@ -28,7 +28,7 @@ pub struct Batch<'s> {
 
 enum Item<'s> {
     Staged {
-        staged: Staged<'s>,
+        staged: Box<Staged<'s>>,
         /// An image whose variants the media workers must hear about after the commit.
         #[cfg_attr(not(feature = "media"), allow(dead_code))]
         image: bool,
@@ -97,7 +97,7 @@ impl<'s> Batch<'s> {
         let ok = staged.is_ok();
         self.items.push(match staged {
             Ok(staged) => Item::Staged {
-                staged,
+                staged: Box::new(staged),
                 image: inspect.is_some(),
             },
             Err(e) => Item::Failed(e),
@@ -105,6 +105,7 @@ impl<'s> Batch<'s> {
         ok
     }
 
+    #[cfg(feature = "media")]
     pub(crate) fn store(&self) -> &'s Store {
         self.store
     }
@@ -134,7 +135,7 @@ impl<'s> Batch<'s> {
             match item {
                 Item::Staged { staged: s, image } => {
                     slots.push(Ok(image));
-                    staged.push(s);
+                    staged.push(*s);
                 }
                 Item::Failed(e) => slots.push(Err(e)),
             }
@@ -166,7 +167,14 @@ impl Drop for Batch<'_> {
     fn drop(&mut self) {
         // Staged puts first (their claims and holds), then the request's reservation: until
         // their commit (if any) returned, their bytes were counted by it.
-        self.items.clear();
+        for item in self.items.drain(..) {
+            if let Item::Staged { staged, .. } = item
+                && let Some(signature) = staged.infected()
+            {
+                // Not kept quarantined (nothing of a dropped batch is): at least on record.
+                tracing::warn!(owner = %staged.owner(), %signature, "infected upload dropped with its batch");
+            }
+        }
         if let Some(pool) = &self.pool {
             pool.release(&self.store.inner.quotas);
         }

@@ -1003,7 +1003,8 @@ mod tests {
         assert!(err.contains("lisen"), "{err}");
         assert!(Settings::parse("[uploads]\nsession_ttl = \"soon\"\n").is_err());
         assert_eq!((d.uploads.max_parts, d.uploads.max_fields), (100, 300));
-        let s = Settings::parse("[uploads]\nmax_parts = 3\nmax_form_overhead = \"64KiB\"\n").unwrap();
+        let s =
+            Settings::parse("[uploads]\nmax_parts = 3\nmax_form_overhead = \"64KiB\"\n").unwrap();
         assert_eq!(s.uploads.max_parts, 3);
         assert_eq!(s.uploads.max_form_overhead, ByteSize::kib(64));
         assert!(Settings::parse("[uploads]\nmax_parts = 0\n").is_err());

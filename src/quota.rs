@@ -813,7 +813,10 @@ impl<'a> Admission<'a> {
             return Ok(());
         };
         match self.shortfall(key, total) {
-            Some(need) => self.inner.quotas.reserve(self.inner, key, &self.owner, need),
+            Some(need) => self
+                .inner
+                .quotas
+                .reserve(self.inner, key, &self.owner, need),
             None => Ok(()),
         }
     }

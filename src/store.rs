@@ -1566,6 +1566,21 @@ pub(crate) struct Staged<'s> {
     pub size: u64,
 }
 
+impl Staged<'_> {
+    /// The signature the scanner found, if it found one.
+    pub fn infected(&self) -> Option<&str> {
+        self.counts.infected.as_deref()
+    }
+
+    /// The owner of the put.
+    pub fn owner(&self) -> &str {
+        match &self.change {
+            Change::Version { meta, .. } => &meta.owner,
+            _ => "",
+        }
+    }
+}
+
 /// A put's options, checked, waiting for its content.
 struct PreparedPut<'s> {
     meta: VersionMeta,

@@ -55,9 +55,7 @@ pub enum Stop {
     Preamble,
     #[error("the request body is longer than {limit} bytes")]
     TooLarge { limit: u64 },
-    #[error(
-        "the form's boundaries, part headers and text fields take more than {limit} bytes"
-    )]
+    #[error("the form's boundaries, part headers and text fields take more than {limit} bytes")]
     Overhead { limit: u64 },
     #[error("a request may carry at most {limit} parts (files and text fields)")]
     TooManyParts { limit: u64 },
@@ -389,9 +387,7 @@ impl Guard {
                 Poll::Ready(Some(Ok(b))) => self.pending = b,
             }
         }
-        let piece = self
-            .pending
-            .split_to(self.pending.len().min(PIECE));
+        let piece = self.pending.split_to(self.pending.len().min(PIECE));
         self.total += piece.len() as u64;
         if self.total > self.limits.max_body {
             let limit = self.limits.max_body;
@@ -499,7 +495,9 @@ mod tests {
     }
 
     fn naive_find(hay: &[u8], pat: &[u8]) -> Option<usize> {
-        hay.windows(pat.len()).position(|w| w == pat).map(|p| p + pat.len())
+        hay.windows(pat.len())
+            .position(|w| w == pat)
+            .map(|p| p + pat.len())
     }
 
     proptest! {
@@ -543,9 +541,14 @@ mod tests {
 
     #[test]
     fn a_header_block_is_capped_at_8_kib() {
-        let mut body = b"--B\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\nX-Pad: ".to_vec();
+        let mut body =
+            b"--B\r\nContent-Disposition: form-data; name=\"f\"; filename=\"a\"\r\nX-Pad: "
+                .to_vec();
         let head_so_far = body.len() - 3;
-        body.extend(std::iter::repeat_n(b'a', MAX_PART_HEAD as usize - head_so_far - 4));
+        body.extend(std::iter::repeat_n(
+            b'a',
+            MAX_PART_HEAD as usize - head_so_far - 4,
+        ));
         body.extend_from_slice(b"\r\n\r\ndata\r\n--B--");
         // Exactly 8 KiB between the delimiter and the content: accepted.
         let (s, r) = scan_in_pieces("B", &body, &[100, 5000]);
@@ -554,7 +557,10 @@ mod tests {
         // One byte more: stopped, whatever the pieces.
         body.insert(80, b'a');
         for cuts in [&[][..], &[8000], &[1, 2, 3, 8199]] {
-            assert_eq!(scan_in_pieces("B", &body, cuts).1, Err(Stop::PartHeadTooLarge));
+            assert_eq!(
+                scan_in_pieces("B", &body, cuts).1,
+                Err(Stop::PartHeadTooLarge)
+            );
         }
         // A header block that never ends is stopped once it passes the cap.
         let mut s = Scanner::new("B");

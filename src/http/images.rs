@@ -15,8 +15,8 @@ use super::AppState;
 use super::auth::User;
 use super::error::{ApiError, ApiResult};
 use super::files;
-use super::multipart::{self, UploadKind};
 use super::links::Grant;
+use super::multipart::{self, UploadKind};
 use crate::media::ImageOptions;
 
 pub fn routes() -> Router<AppState> {

@@ -118,14 +118,17 @@ fn too_large(code: &'static str, message: String) -> ApiError {
     ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
 }
 
+/// A put of the bytes that arrive on `source`.
+struct FileJob {
+    source: mpsc::Receiver<io::Result<Bytes>>,
+    opts: PutOptions,
+    kind: UploadKind,
+}
+
 /// What the blocking side of a request is asked to do.
 enum Job {
-    /// Stage a put of the bytes that arrive on `source`.
-    File {
-        source: mpsc::Receiver<io::Result<Bytes>>,
-        opts: PutOptions,
-        kind: UploadKind,
-    },
+    /// Stage a put.
+    File(Box<FileJob>),
     /// The body was read to its end within every limit: commit.
     Commit,
 }
@@ -151,7 +154,8 @@ fn run_batch(
     let _ = ready.send(Ok(()));
     while let Some(job) = jobs.blocking_recv() {
         match job {
-            Job::File { source, opts, kind } => {
+            Job::File(job) => {
+                let FileJob { source, opts, kind } = *job;
                 let source = ChannelReader::new(source);
                 match kind {
                     UploadKind::Files => batch.put(source, &opts),
@@ -258,7 +262,13 @@ pub(crate) async fn receive(
     let Ok(Some(outcomes)) = outcome else {
         return Err(Error::InvalidInput("the upload worker failed".into()).into());
     };
-    answer(names.into_iter().zip(outcomes).map(|(n, o)| FileResult::of(n, o)).collect())
+    answer(
+        names
+            .into_iter()
+            .zip(outcomes)
+            .map(|(n, o)| FileResult::of(n, o))
+            .collect(),
+    )
 }
 
 /// Reads the parts: text fields into the options, file parts to the batch. Returns the file
@@ -356,11 +366,11 @@ async fn drive(
         };
         names.push(file_name);
         let (tx, source) = mpsc::channel::<io::Result<Bytes>>(QUEUE);
-        let job = Job::File {
+        let job = Job::File(Box::new(FileJob {
             source,
             opts,
             kind: kind.clone(),
-        };
+        }));
         if jobs.send(job).await.is_err() {
             return Err(Error::InvalidInput("the upload worker failed".into()).into());
         }

@@ -63,7 +63,10 @@ fn bomb(chunked_body: bool) {
         client
             .post(format!("{}/api/files", server.url))
             .bearer_auth(&server.token)
-            .multipart(Form::new().part("file", Part::bytes(b"warm".to_vec()).file_name(name.to_string())))
+            .multipart(Form::new().part(
+                "file",
+                Part::bytes(b"warm".to_vec()).file_name(name.to_string()),
+            ))
             .send()
             .unwrap()
             .status()
@@ -72,9 +75,10 @@ fn bomb(chunked_body: bool) {
     assert_eq!(upload("warm.txt"), StatusCode::CREATED);
     let before = server.peak_rss_bytes();
 
-    let prefix = "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"bomb.txt\"\r\nX-Pad: "
-        .as_bytes()
-        .to_vec();
+    let prefix =
+        "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"bomb.txt\"\r\nX-Pad: "
+            .as_bytes()
+            .to_vec();
     let suffix = b"\r\n\r\nx\r\n--B--\r\n".to_vec();
     let length = prefix.len() as u64 + BOMB + suffix.len() as u64;
     let pieces = std::iter::once(prefix)
@@ -256,11 +260,20 @@ fn a_huge_text_field_is_413_and_stores_nothing() {
         b"a file\r\n--B\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n",
     ]);
     let field = (0..1024).map(|_| vec![b'n'; 64 << 10]);
-    let head = post_head("/api/files", &s.alice, Some(prefix.len() as u64 + 64 * MIB), "");
+    let head = post_head(
+        "/api/files",
+        &s.alice,
+        Some(prefix.len() as u64 + 64 * MIB),
+        "",
+    );
     let a = exchange(&s.url, &head, std::iter::once(prefix).chain(field));
     assert_eq!(a.status, 413, "{:?}", a.body);
     assert_eq!(a.code(), "field_too_large");
-    assert!(a.sent < 32 * MIB, "{} MiB went out before the answer", a.sent / MIB);
+    assert!(
+        a.sent < 32 * MIB,
+        "{} MiB went out before the answer",
+        a.sent / MIB
+    );
     nothing_stored(&s, 0);
     let r = s.upload(&s.alice, form(4097));
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
@@ -315,7 +328,10 @@ fn hostile_file_names_are_defused_and_never_become_paths() {
     for f in files {
         let shown = f["file"]["display_name"].as_str().unwrap();
         assert!(
-            !shown.contains('/') && !shown.contains('\\') && !shown.contains("..") && !shown.is_empty(),
+            !shown.contains('/')
+                && !shown.contains('\\')
+                && !shown.contains("..")
+                && !shown.is_empty(),
             "{shown:?}"
         );
         assert!(shown.len() <= 255, "{} bytes", shown.len());
@@ -327,7 +343,9 @@ fn hostile_file_names_are_defused_and_never_become_paths() {
             let e = e.unwrap();
             let name = e.file_name().to_string_lossy().to_string();
             assert!(
-                !["passwd", "evil.txt", "b.txt", "escape.txt"].iter().any(|n| name.contains(n)),
+                !["passwd", "evil.txt", "b.txt", "escape.txt"]
+                    .iter()
+                    .any(|n| name.contains(n)),
                 "{name} in {}",
                 dir.display()
             );
@@ -338,7 +356,11 @@ fn hostile_file_names_are_defused_and_never_become_paths() {
     }
     // A control character in the part's headers makes the body malformed: 400, nothing more
     // stored.
-    let b = body(&[file_part("nul\u{0}.txt").as_bytes(), b"x\r\n", CLOSE.as_bytes()]);
+    let b = body(&[
+        file_part("nul\u{0}.txt").as_bytes(),
+        b"x\r\n",
+        CLOSE.as_bytes(),
+    ]);
     let head = post_head("/api/files", &s.alice, Some(b.len() as u64), "");
     let a = exchange(&s.url, &head, std::iter::once(b));
     assert_eq!(a.status, 400, "{:?}", a.body);
@@ -367,7 +389,7 @@ fn a_body_cut_mid_part_stores_nothing() {
     nothing_stored(&s, 0);
     // Chunked, properly ended, but the multipart body stops mid-part.
     let head = post_head("/api/files", &s.alice, None, "");
-    let a = exchange(&s.url, &head, chunked(pieces(&cut, 32 << 10)));
+    let a = exchange(&s.url, &head, chunked(pieces(cut, 32 << 10)));
     assert_eq!(a.status, 400, "{:?}", a.body);
     assert_eq!(a.code(), "bad_multipart");
     nothing_stored(&s, 0);
@@ -493,11 +515,20 @@ fn bad_and_lying_boundaries_are_400_and_nested_ones_are_just_content() {
     nothing_stored(&s, 0);
     // A multipart document inside a file, with its own boundary: it is content, stored byte
     // for byte.
-    let inner = b"--INNER\r\nContent-Disposition: form-data; name=\"inner\"\r\n\r\nvalue\r\n--INNER--\r\n";
-    let b = body(&[file_part("nested.txt").as_bytes(), inner, b"\r\n", CLOSE.as_bytes()]);
+    let inner =
+        b"--INNER\r\nContent-Disposition: form-data; name=\"inner\"\r\n\r\nvalue\r\n--INNER--\r\n";
+    let b = body(&[
+        file_part("nested.txt").as_bytes(),
+        inner,
+        b"\r\n",
+        CLOSE.as_bytes(),
+    ]);
     let a = post("multipart/form-data; boundary=B", &b);
     assert_eq!(a.status, 201, "{:?}", a.body);
-    let id = a.body["files"][0]["file"]["id"].as_str().unwrap().to_string();
+    let id = a.body["files"][0]["file"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let stored = s
         .get(&format!("/api/files/{id}"), Some(&s.alice))
         .send()
@@ -516,6 +547,10 @@ fn a_preamble_bomb_is_400_without_reading_on() {
     let a = exchange(&s.url, &head, pieces);
     assert_eq!(a.status, 400, "{:?}", a.body);
     assert_eq!(a.code(), "bad_multipart");
-    assert!(a.sent < 32 * MIB, "{} MiB went out before the answer", a.sent / MIB);
+    assert!(
+        a.sent < 32 * MIB,
+        "{} MiB went out before the answer",
+        a.sent / MIB
+    );
     assert_eq!(files_of(&s, "alice"), 0);
 }

@@ -83,7 +83,10 @@ fn stored_exactly(s: &Service, owners: &[&str], stored: usize) {
         .map(|o| s.store.quota_status(o).unwrap().used)
         .sum();
     assert_eq!(used, (stored * SIZE) as u64);
-    assert!(used <= QUOTA, "{used} bytes stored against a limit of {QUOTA}");
+    assert!(
+        used <= QUOTA,
+        "{used} bytes stored against a limit of {QUOTA}"
+    );
     let r = s.store.quota_reservations();
     assert_eq!((r.entries, r.bytes), (0, 0), "{r:?}");
 }
@@ -92,7 +95,9 @@ fn stored_exactly(s: &Service, owners: &[&str], stored: usize) {
 fn twelve_concurrent_uploads_fill_a_5_mib_user_quota_fairly() {
     let s = Service::start();
     s.store.quota_set("alice", Some(QUOTA)).unwrap();
-    let results = race(&[s.alice.clone()], |i, t| upload(&s, i, t, false));
+    let results = race(std::slice::from_ref(&s.alice), |i, t| {
+        upload(&s, i, t, false)
+    });
     let stored = tally(&results, "user");
     // Six do not fit: exactly five can, and all five are admitted.
     assert_eq!(stored, 5, "{results:?}");
@@ -141,7 +146,7 @@ fn twelve_concurrent_uploads_fill_an_organisation_limit_fairly() {
 fn refused_racers_are_answered_before_their_body_is_sent() {
     let s = Service::start();
     s.store.quota_set("alice", Some(QUOTA)).unwrap();
-    let answers = race(&[s.alice.clone()], |i, token| {
+    let answers = race(std::slice::from_ref(&s.alice), |i, token| {
         let body = [
             file_part(&format!("e{i}.bin")).as_bytes(),
             &random_bytes(2000 + i as u64, SIZE),
@@ -180,7 +185,9 @@ fn chunked_racers_grow_their_reservations_and_never_pass_the_quota() {
     s.store.quota_set("alice", Some(QUOTA)).unwrap();
     // No length: nothing can be reserved up front, so the streams grow their reservations as
     // they go. Not fair, but never over.
-    let results = race(&[s.alice.clone()], |i, t| upload(&s, i, t, true));
+    let results = race(std::slice::from_ref(&s.alice), |i, t| {
+        upload(&s, i, t, true)
+    });
     let stored = tally(&results, "user");
     assert!((1..=5).contains(&stored), "{results:?}");
     stored_exactly(&s, &["alice"], stored);
@@ -190,7 +197,7 @@ fn chunked_racers_grow_their_reservations_and_never_pass_the_quota() {
 fn twelve_concurrent_tus_creations_with_upload_fill_the_quota_fairly() {
     let s = Service::start();
     s.store.quota_set("alice", Some(QUOTA)).unwrap();
-    let results = race(&[s.alice.clone()], |i, token| {
+    let results = race(std::slice::from_ref(&s.alice), |i, token| {
         let r = s
             .http
             .post(format!("{}/api/uploads", s.url))
@@ -213,7 +220,10 @@ fn twelve_concurrent_tus_creations_with_upload_fill_the_quota_fairly() {
     let mut stored = 0;
     for (status, v, done) in &results {
         if *status == StatusCode::CREATED {
-            assert!(done, "a created upload with all its bytes is stored at once");
+            assert!(
+                done,
+                "a created upload with all its bytes is stored at once"
+            );
             stored += 1;
         } else {
             assert_eq!(*status, StatusCode::PAYLOAD_TOO_LARGE, "{v}");

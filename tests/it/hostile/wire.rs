@@ -149,8 +149,8 @@ pub fn send_and_close(url: &str, head: &str, body: &[u8]) -> Answer {
     c.write_all(body).unwrap();
     c.shutdown(Shutdown::Write).unwrap();
     let mut interim = Vec::new();
-    let (status, value) =
-        read_answer(&mut c, &mut interim).expect("the server closed the connection without an answer");
+    let (status, value) = read_answer(&mut c, &mut interim)
+        .expect("the server closed the connection without an answer");
     Answer {
         interim,
         status,
