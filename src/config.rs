@@ -19,6 +19,10 @@
 //! session_metadata_budget = "256KiB"           # Upload-Metadata held by one user's open sessions
 //! deferred_reservation = "100MB"               # quota a deferred-length session reserves
 //! local_category_limits = false                # hold CLI/library puts to category limits too
+//! max_parts = 100                              # file parts per multipart request
+//! max_fields = 300                             # text fields per multipart request
+//! max_field_size = "4KiB"                      # longest text field
+//! max_form_overhead = "256KiB"                 # non-file bytes of a multipart body
 //!
 //! [links]
 //! default_ttl = "1h"
@@ -628,6 +632,20 @@ pub struct UploadSettings {
     /// Default false: the store's owner is limited by quotas only; uploads through the
     /// service always are.
     pub local_category_limits: bool,
+    /// Most file parts in one multipart request (`POST /api/files`, `/api/images`): the next
+    /// one is refused with 413 `too_many_parts` and the request stores nothing. Default 100.
+    pub max_parts: usize,
+    /// Most text fields (parts without a file name) in one multipart request: 413
+    /// `too_many_fields`, nothing stored. Default 300 (a `key`, `category` and `public`
+    /// before each of 100 files).
+    pub max_fields: usize,
+    /// Longest text field: 413 `field_too_large`, nothing stored. Default 4 KiB.
+    pub max_field_size: ByteSize,
+    /// Most bytes of a multipart body that are not file content — boundaries, part headers,
+    /// text fields, preamble and epilogue together: 413 `form_too_large`, nothing stored.
+    /// It is also the quota's slack for a declared body: a request whose Content-Length
+    /// minus this cannot fit is refused before its body is read. Default 256 KiB.
+    pub max_form_overhead: ByteSize,
 }
 
 impl Default for UploadSettings {
@@ -640,6 +658,10 @@ impl Default for UploadSettings {
             session_metadata_budget: ByteSize::kib(256),
             deferred_reservation: ByteSize::mb(100),
             local_category_limits: false,
+            max_parts: 100,
+            max_fields: 300,
+            max_field_size: ByteSize::kib(4),
+            max_form_overhead: ByteSize::kib(256),
         }
     }
 }
@@ -928,6 +950,17 @@ impl Settings {
         if self.uploads.max_sessions_per_user == 0 {
             return Err("uploads.max_sessions_per_user must be at least 1".into());
         }
+        let u = &self.uploads;
+        if u.max_parts == 0 {
+            return Err("uploads.max_parts must be at least 1".into());
+        }
+        if u.max_field_size > u.max_form_overhead {
+            return Err(format!(
+                "uploads.max_field_size ({}) is more than uploads.max_form_overhead ({}), \
+                 which counts every text field",
+                u.max_field_size, u.max_form_overhead
+            ));
+        }
         if let Some(scan) = &self.scan {
             let policy = self.policy();
             for c in &scan.categories {
@@ -1070,6 +1103,14 @@ mod tests {
         let err = Settings::parse("[server]\nlisen = \"127.0.0.1:1\"\n").unwrap_err();
         assert!(err.contains("lisen"), "{err}");
         assert!(Settings::parse("[uploads]\nsession_ttl = \"soon\"\n").is_err());
+        assert_eq!((d.uploads.max_parts, d.uploads.max_fields), (100, 300));
+        let s =
+            Settings::parse("[uploads]\nmax_parts = 3\nmax_form_overhead = \"64KiB\"\n").unwrap();
+        assert_eq!(s.uploads.max_parts, 3);
+        assert_eq!(s.uploads.max_form_overhead, ByteSize::kib(64));
+        assert!(Settings::parse("[uploads]\nmax_parts = 0\n").is_err());
+        assert!(Settings::parse("[uploads]\nmax_field_size = \"1MiB\"\n").is_err());
+        assert!(Settings::parse("[uploads]\nmax_part = 3\n").is_err());
     }
 
     #[test]

@@ -30,6 +30,7 @@
 //! ARCHITECTURE.md maps the modules; docs/design.md has the on-disk formats and the commit
 //! protocol.
 
+pub mod batch;
 pub mod chunking;
 pub mod clock;
 mod commit;
@@ -55,6 +56,7 @@ pub mod upload;
 pub mod users;
 pub mod validate;
 
+pub use batch::Batch;
 pub use chunking::ChunkParams;
 pub use error::{Error, Result};
 pub use id::{ChunkId, FileId};

@@ -622,6 +622,100 @@ pub struct ReservationSnapshot {
     pub by_org: BTreeMap<String, u64>,
 }
 
+/// A reservation the puts of one request draw on in turn (a multipart upload's declared body,
+/// see [`crate::batch`]): reserved before any content is read, kept until the request's batch
+/// has committed or been dropped. Each put covers its content past what the puts before it
+/// took (`drawn`), growing the reservation only when the request sends more than it reserved.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    key: Key,
+    owner: String,
+    /// Reserved up front; the pool never shrinks below it before it ends.
+    floor: u64,
+    /// Content bytes of the puts staged from it so far.
+    drawn: AtomicU64,
+}
+
+impl Pool {
+    /// Counts a staged put's content as taken from the pool.
+    pub fn draw(&self, bytes: u64) {
+        self.drawn.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Gives back what a failed put grew the pool by: it keeps its floor and what the staged
+    /// puts took.
+    pub fn settle(&self, quotas: &Quotas) {
+        let keep = self.floor.max(self.drawn.load(Ordering::Relaxed));
+        quotas.shrink_to(&self.key, keep);
+    }
+
+    pub fn release(&self, quotas: &Quotas) {
+        quotas.release(&self.key);
+    }
+
+    /// Bytes reserved up front.
+    pub fn floor(&self) -> u64 {
+        self.floor
+    }
+}
+
+impl Quotas {
+    /// Reserves for a request of `owner` whose body is `declared` bytes long, of which at most
+    /// `overhead` are not content (multipart framing and form fields), before any of it is
+    /// read. `None` when no limit applies (nothing to reserve).
+    ///
+    /// The rule: the whole `declared` length when it fits — the content can be no longer, so
+    /// the request is covered; else at least `declared - overhead` bytes of content are coming,
+    /// and when even that does not fit the request is refused now ([`Error::QuotaExceeded`]);
+    /// when it does, that lower bound is reserved and the rest is grown into as content
+    /// arrives, exactly, like an undeclared stream. Without a declared length nothing is
+    /// reserved up front.
+    pub fn pool(
+        &self,
+        inner: &Inner,
+        owner: &str,
+        declared: Option<u64>,
+        overhead: u64,
+    ) -> Result<Option<Pool>> {
+        if self.limits(&inner.index.read()?, owner)?.unlimited() {
+            return Ok(None);
+        }
+        let key = self.new_put_key();
+        let floor = match declared {
+            None => 0,
+            Some(n) => match self.reserve(inner, &key, owner, n) {
+                Ok(()) => n,
+                Err(_) => {
+                    let lower = n.saturating_sub(overhead);
+                    self.reserve(inner, &key, owner, lower)?;
+                    lower
+                }
+            },
+        };
+        if floor == 0 {
+            // An entry of 0 bytes, so growth has a row to grow (and `release` one to drop).
+            self.reserve(inner, &key, owner, 0)?;
+        }
+        Ok(Some(Pool {
+            key,
+            owner: owner.to_string(),
+            floor,
+            drawn: AtomicU64::new(0),
+        }))
+    }
+}
+
+/// Where a put's quota comes from besides its own reservation.
+#[derive(Clone, Copy)]
+pub(crate) enum Backing<'p> {
+    /// Nothing: the put reserves what it needs.
+    Own,
+    /// A resumable session's reservation (its finish).
+    Session(&'p str),
+    /// A request's pool (see [`Pool`]); a put of another owner reserves its own.
+    Pool(&'p std::sync::Arc<Pool>),
+}
+
 /// A put's reservation, released when dropped (after the commit, or on failure).
 pub(crate) struct Hold<'a> {
     quotas: &'a Quotas,
@@ -638,31 +732,54 @@ impl Drop for Hold<'_> {
 pub(crate) struct Admission<'a> {
     inner: &'a Inner,
     owner: String,
-    /// `None`: no limit applies, nothing is reserved.
+    /// The reservation the put grows: its own, or its request's pool. `None`: no limit
+    /// applies, nothing is reserved.
     key: Option<Key>,
     /// Bytes a session already holds for this put (not reserved again).
     base: u64,
+    /// Bytes of `key` that earlier puts of the same pool took: this put's content comes after.
+    offset: u64,
     _hold: Option<Hold<'a>>,
 }
 
 impl<'a> Admission<'a> {
-    /// Reserves `declared` bytes for a put by `owner` (beyond what `session` already holds),
-    /// before any byte is read.
+    /// Reserves `declared` bytes for a put by `owner` (beyond what `backing` already holds for
+    /// it), before any byte is read.
     pub fn new(
         inner: &'a Inner,
         owner: &str,
         declared: Option<u64>,
-        session: Option<&str>,
+        backing: Backing<'_>,
     ) -> Result<Self> {
         let q = &inner.quotas;
+        if let Backing::Pool(pool) = backing
+            && pool.owner == owner
+        {
+            let mut a = Admission {
+                inner,
+                owner: owner.to_string(),
+                key: Some(pool.key.clone()),
+                base: 0,
+                offset: pool.drawn.load(Ordering::Relaxed),
+                _hold: None,
+            };
+            if let Some(d) = declared {
+                a.cover_exactly(d)?;
+            }
+            return Ok(a);
+        }
         let lim = q.limits(&inner.index.read()?, owner)?;
-        let base = session.map_or(0, |s| q.held(&Key::Session(s.to_string())));
+        let base = match backing {
+            Backing::Session(s) => q.held(&Key::Session(s.to_string())),
+            _ => 0,
+        };
         if lim.unlimited() {
             return Ok(Admission {
                 inner,
                 owner: owner.to_string(),
                 key: None,
                 base,
+                offset: 0,
                 _hold: None,
             });
         }
@@ -678,21 +795,43 @@ impl<'a> Admission<'a> {
             owner: owner.to_string(),
             key: Some(key),
             base,
+            offset: 0,
             _hold: Some(hold),
         })
     }
 
-    /// Makes room for `total` bytes of content, growing the reservation when needed.
+    /// The bytes of the reservation `total` bytes of this put's content need, when the
+    /// reservation holds fewer (`None`: covered already).
+    fn shortfall(&self, key: &Key, total: u64) -> Option<u64> {
+        let held = self.inner.quotas.held(key) + self.base;
+        let end = self.offset + total;
+        (end > held).then(|| end - self.base)
+    }
+
+    /// Makes room for exactly `total` bytes of content (a declared size).
+    fn cover_exactly(&mut self, total: u64) -> Result<()> {
+        let Some(key) = &self.key else {
+            return Ok(());
+        };
+        match self.shortfall(key, total) {
+            Some(need) => self
+                .inner
+                .quotas
+                .reserve(self.inner, key, &self.owner, need),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes room for `total` bytes of content, growing the reservation when needed (a step
+    /// ahead when that fits, so not every buffer takes the table's lock).
     fn cover(&mut self, total: u64) -> Result<()> {
         let Some(key) = &self.key else {
             return Ok(());
         };
-        let q = &self.inner.quotas;
-        let held = q.held(key) + self.base;
-        if total <= held {
+        let Some(need) = self.shortfall(key, total) else {
             return Ok(());
-        }
-        let need = total - self.base;
+        };
+        let q = &self.inner.quotas;
         match q.reserve(self.inner, key, &self.owner, need + STEP) {
             Ok(()) => Ok(()),
             Err(_) => q.reserve(self.inner, key, &self.owner, need),

@@ -37,7 +37,7 @@ use crate::pack::record::RecordKind;
 use crate::pack::storage::{FsPackStorage, PackStorage, sync_dir};
 use crate::pack::{Location, OpenReport, Packs};
 use crate::pipeline::{self, InFlight};
-use crate::quota::{Admission, QuotaConfig, QuotaGate, Quotas};
+use crate::quota::{Admission, Backing, QuotaConfig, QuotaGate, Quotas};
 pub use crate::reader::FileReader;
 use crate::scan::{Outcome, ScanConfig, ScanGate, ScanStamp};
 use crate::tier::ColdTier;
@@ -983,18 +983,18 @@ impl Store {
     /// reserved before any byte is read, and the reservation grows as the content streams;
     /// when it cannot, the put fails with [`Error::QuotaExceeded`] and commits nothing.
     pub fn put(&self, source: impl Read, opts: &PutOptions) -> Result<PutReport> {
-        self.put_admitted(source, opts, None)
+        self.put_admitted(source, opts, Backing::Own)
     }
 
-    /// A put whose quota reservation may already be held, in part, by the resumable session
-    /// `session` (its finish).
+    /// A put whose quota reservation may already be held, in part, by `backing` (a resumable
+    /// session's finish).
     pub(crate) fn put_admitted(
         &self,
         source: impl Read,
         opts: &PutOptions,
-        session: Option<&str>,
+        backing: Backing<'_>,
     ) -> Result<PutReport> {
-        self.put_inspected(source, opts, session, None)
+        self.put_inspected(source, opts, backing, None)
     }
 
     /// A put whose whole content `inspect` sees before it commits (the image path, feature
@@ -1006,10 +1006,30 @@ impl Store {
         &self,
         source: impl Read,
         opts: &PutOptions,
-        session: Option<&str>,
+        backing: Backing<'_>,
         inspect: Option<&dyn Inspect>,
     ) -> Result<PutReport> {
-        let (mut prepared, mut source) = self.prepare_put(opts, source, session)?;
+        let staged = self.stage(source, opts, backing, inspect)?;
+        let file = self.inner.committer.commit(&self.inner, staged.change);
+        // The reservation is held until the commit has turned it into usage, and only now
+        // may the put's chunk claims end (see `pipeline::Claims`).
+        drop(staged.quota);
+        drop(staged.ingested);
+        staged.counts.report(file?)
+    }
+
+    /// Everything a put does short of its commit: validation, quota admission, ingest (chunks
+    /// written to packs, claimed and pinned), the scan's verdict, the inspection. Nothing is
+    /// visible until the returned change commits; dropping it commits nothing (its chunks are
+    /// garbage for the collector, like those of any failed put).
+    pub(crate) fn stage<'s>(
+        &'s self,
+        source: impl Read,
+        opts: &PutOptions,
+        backing: Backing<'_>,
+        inspect: Option<&dyn Inspect>,
+    ) -> Result<Staged<'s>> {
+        let (mut prepared, mut source) = self.prepare_put(opts, source, backing)?;
         let (mut ingested, outcome, job) = match inspect {
             None => {
                 let ingested = pipeline::ingest(&self.inner, &mut source)?;
@@ -1034,17 +1054,19 @@ impl Store {
                 (ingested, outcome, job)
             }
         };
-        // Held until the commit has turned it into usage.
-        let hold = prepared.quota.clone();
+        let quota = prepared.quota.clone();
+        let size = ingested.size;
         let (mut change, counts) = prepared.change(&mut ingested, outcome);
         if let Change::Version { image_job, .. } = &mut change {
             *image_job = job;
         }
-        let file = self.inner.committer.commit(&self.inner, change)?;
-        drop(hold);
-        // Only now may the put's chunk claims end (see `pipeline::Claims`).
-        drop(ingested);
-        counts.report(file)
+        Ok(Staged {
+            change,
+            counts,
+            ingested,
+            quota,
+            size,
+        })
     }
 
     /// Stores many inputs and commits them together: one fsync pair for the whole batch
@@ -1054,37 +1076,29 @@ impl Store {
         &self,
         items: impl IntoIterator<Item = (R, PutOptions)>,
     ) -> Vec<Result<PutReport>> {
-        let mut results: Vec<Option<Result<PutReport>>> = Vec::new();
-        let mut pending = Vec::new();
-        let mut changes = Vec::new();
+        let mut batch = self.batch();
         for (source, opts) in items {
-            let slot = results.len();
-            results.push(None);
-            let ingested = self
-                .prepare_put(&opts, source, None)
-                .and_then(|(p, mut source)| {
-                    let ingested = pipeline::ingest(&self.inner, &mut source)?;
-                    Ok((p, ingested, source.finish()?))
-                });
-            match ingested {
-                Ok((prepared, mut ingested, outcome)) => {
-                    let hold = prepared.quota.clone();
-                    let (change, counts) = prepared.change(&mut ingested, outcome);
-                    changes.push(change);
-                    pending.push((slot, counts, ingested, hold));
-                }
-                Err(e) => results[slot] = Some(Err(e)),
-            }
+            batch.put(source, &opts);
+        }
+        batch.commit()
+    }
+
+    /// Commits staged puts in one group; one result per change, in order.
+    pub(crate) fn commit_staged(&self, staged: Vec<Staged<'_>>) -> Vec<Result<PutReport>> {
+        let mut changes = Vec::with_capacity(staged.len());
+        let mut rest = Vec::with_capacity(staged.len());
+        for s in staged {
+            changes.push(s.change);
+            rest.push((s.counts, s.ingested, s.quota));
         }
         let committed = self.inner.committer.commit_all(&self.inner, changes);
-        for ((slot, counts, ingested, hold), outcome) in pending.into_iter().zip(committed) {
-            results[slot] = Some(outcome.and_then(|file| counts.report(file)));
-            drop(hold);
-            drop(ingested);
-        }
-        results
-            .into_iter()
-            .map(|r| r.expect("every item has a result"))
+        rest.into_iter()
+            .zip(committed)
+            .map(|((counts, ingested, quota), outcome)| {
+                drop(quota);
+                drop(ingested);
+                outcome.and_then(|file| counts.report(file))
+            })
             .collect()
     }
 
@@ -1097,7 +1111,7 @@ impl Store {
         &'s self,
         opts: &PutOptions,
         source: R,
-        session: Option<&str>,
+        backing: Backing<'_>,
     ) -> Result<(PreparedPut<'s>, ScanGate<'s, Guarded<QuotaGate<'s, R>>>)> {
         validate::check_label("owner", &opts.owner)?;
         if let Some(key) = &opts.key {
@@ -1126,7 +1140,7 @@ impl Store {
             &self.inner,
             &opts.owner,
             opts.declared_size,
-            session,
+            backing,
         )?));
         // The category, and with it the limit and the scan decision, is settled here, from
         // the first bytes: before anything is sent to the scanner or stored.
@@ -1376,7 +1390,7 @@ impl Store {
             meta.flags |= flags::QUARANTINED;
         }
         // A restored version counts as new usage: it must fit like a put of its size.
-        let _quota = Admission::new(&self.inner, &f.owner, Some(meta.size), None)?;
+        let _quota = Admission::new(&self.inner, &f.owner, Some(meta.size), Backing::Own)?;
         // Every chunk of an indexed version is indexed, so no rows are needed.
         let change = Change::Version {
             target: Target::Existing(id),
@@ -1621,6 +1635,34 @@ impl Drop for Inner {
         };
         if let Err(e) = flush() {
             tracing::warn!("could not record access times on close: {e}");
+        }
+    }
+}
+
+/// A put that has read and written its content and waits for its commit (see
+/// [`Store::stage`]).
+pub(crate) struct Staged<'s> {
+    pub change: Change,
+    counts: PutCounts,
+    /// Keeps the put's chunks claimed and pinned until it commits or is dropped.
+    ingested: pipeline::Ingested<'s>,
+    /// The put's quota reservation, held until the commit has turned it into usage.
+    quota: Arc<Mutex<Admission<'s>>>,
+    /// Content bytes.
+    pub size: u64,
+}
+
+impl Staged<'_> {
+    /// The signature the scanner found, if it found one.
+    pub fn infected(&self) -> Option<&str> {
+        self.counts.infected.as_deref()
+    }
+
+    /// The owner of the put.
+    pub fn owner(&self) -> &str {
+        match &self.change {
+            Change::Version { meta, .. } => &meta.owner,
+            _ => "",
         }
     }
 }

@@ -985,7 +985,11 @@ impl Store {
         let mut file = self.open_part(&id, length)?;
         file.seek(SeekFrom::Start(0))
             .ctx(|| format!("seeking in {}", self.part_path(&id).display()))?;
-        match self.put_admitted(file.take(length), &finish_options(&rec.session), Some(&id)) {
+        match self.put_admitted(
+            file.take(length),
+            &finish_options(&rec.session),
+            quota::Backing::Session(&id),
+        ) {
             Ok(report) => {
                 self.remove_finished(&id);
                 Ok(report)

@@ -83,13 +83,17 @@ const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 /// [`DRAIN_LIMIT`] bytes within [`DRAIN_TIME`] — before answering. Closing a socket that still
 /// holds unread data makes the kernel send a reset, and a client that is still writing its body
 /// then reports a broken connection instead of the answer. Bodies above the limit (an oversize
-/// upload) are not drained: the connection is closed as before.
+/// upload) are not drained: the connection is closed as before. Nor is the body of a client
+/// that sent `Expect: 100-continue` and was answered before the handler read any of it: that
+/// client sends nothing until told to, and reading would tell it to (hyper answers `100
+/// Continue` on the first read), so an upload refused from its headers is never sent at all.
 pub async fn drain_on_error(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use futures_util::StreamExt;
     use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     let declared = req
         .headers()
@@ -98,15 +102,24 @@ pub async fn drain_on_error(
     if declared.is_some_and(|n| n > DRAIN_LIMIT) {
         return next.run(req).await;
     }
+    let expects_continue = req
+        .headers()
+        .get(axum::http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let (parts, body) = req.into_parts();
     let shared = Arc::new(tokio::sync::Mutex::new(body.into_data_stream()));
-    let for_handler = shared.clone();
-    let stream = futures_util::stream::unfold(for_handler, |s| async move {
+    let read = Arc::new(AtomicBool::new(false));
+    let for_handler = (shared.clone(), read.clone());
+    let stream = futures_util::stream::unfold(for_handler, |(s, read)| async move {
+        read.store(true, Ordering::Relaxed);
         let item = s.lock().await.next().await;
-        item.map(|i| (i, s))
+        item.map(|i| (i, (s, read)))
     });
     let req = axum::extract::Request::from_parts(parts, axum::body::Body::from_stream(stream));
     let resp = next.run(req).await;
+    if expects_continue && !read.load(Ordering::Relaxed) {
+        return resp;
+    }
     if resp.status().is_client_error() || resp.status().is_server_error() {
         let drain = async {
             let mut left = DRAIN_LIMIT;

@@ -28,7 +28,7 @@ pub struct ApiError {
     /// The figures of a `quota_exceeded` answer (boxed: errors stay small).
     pub quota: Option<Box<QuotaFigures>>,
     /// The request's id, on server-side failures: what an operator looks up in the log.
-    pub request_id: Option<String>,
+    pub request_id: Option<Box<str>>,
 }
 
 /// What a `quota_exceeded` (413) answer carries besides the code and message.
@@ -135,7 +135,7 @@ pub async fn json_errors(req: axum::extract::Request, next: axum::middleware::Ne
     };
     let mut api = ApiError::new(status, code, message);
     if status.is_server_error() {
-        api.request_id = request_id();
+        api.request_id = request_id().map(String::into_boxed_str);
     }
     let mut out = api.into_response();
     for (k, v) in parts.headers.iter() {
@@ -169,7 +169,7 @@ impl ApiError {
             "internal",
             "the server failed to complete the request",
         );
-        api.request_id = id;
+        api.request_id = id.map(String::into_boxed_str);
         api
     }
 
@@ -243,7 +243,7 @@ impl From<Error> for ApiError {
             let id = request_id();
             tracing::error!(request_id = id.as_deref().unwrap_or("-"), error = %e, "request failed");
             let mut api = ApiError::new(status, code, server_message(code));
-            api.request_id = id;
+            api.request_id = id.map(String::into_boxed_str);
             api
         } else {
             ApiError::new(status, code, e.to_string())

@@ -1,31 +1,23 @@
 //! The file endpoints: multipart upload, listing, metadata, download, delete/undelete,
-//! versions, signed links, and the small operational ones (stats, health).
-
-use std::io;
+//! versions, and the small operational ones (stats, health).
 
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::multipart::{Multipart, MultipartRejection};
+use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use super::auth::{Admin, Caller, Subject, User, can_read, can_write};
-use super::body_idle::{is_body_timeout, timeout_answer};
-use super::bridge::{ChannelReader, QUEUE};
 use super::download::{self, Cache, Target};
 use super::error::{ApiError, ApiResult};
-use super::{AppState, blocking, metrics};
+use super::multipart::{self, UploadKind};
+use super::{AppState, blocking};
 use crate::error::Error;
 use crate::id::FileId;
 use crate::index::UserRecord;
-use crate::store::{FileInfo, ListQuery, PutOptions};
-
-/// Largest text field (category, key, public) read from a multipart body.
-const MAX_TEXT_FIELD: usize = 4096;
+use crate::store::{FileInfo, ListQuery};
 
 /// A path id that does not parse names no file: 404, like any unknown id.
 pub(crate) fn parse_id(raw: &str) -> ApiResult<FileId> {
@@ -89,305 +81,19 @@ pub(crate) async fn writable(
     }
 }
 
-#[derive(Serialize)]
-struct FileResult {
-    /// The file name the client sent for this part.
-    name: Option<String>,
-    ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    file: Option<FileInfo>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'static str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<String>,
-    /// The virus signature, when the file was refused as infected.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    signature: Option<String>,
-    /// used, limit, percentage... when the file did not fit the quota.
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    quota: Option<Box<super::error::QuotaFigures>>,
-    /// On a server-side failure: the id its log lines carry.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    request_id: Option<String>,
-    #[serde(skip)]
-    status: StatusCode,
-}
-
-impl FileResult {
-    fn failed(name: Option<String>, e: ApiError) -> Self {
-        metrics::upload_failed();
-        FileResult {
-            name,
-            ok: false,
-            file: None,
-            error: Some(e.code),
-            message: Some(e.message),
-            signature: e.signature,
-            quota: e.quota,
-            request_id: e.request_id,
-            status: e.status,
-        }
-    }
-}
-
-fn parse_bool(s: &str) -> ApiResult<bool> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" | "" => Ok(false),
-        other => Err(ApiError::bad_request(format!(
-            "`public` must be true or false, got {other:?}"
-        ))),
-    }
-}
-
 /// `POST /api/files`: multipart with one or many file parts. Text fields `category` and
-/// `public` apply to the file parts after them; `key` to the next file part only. Each file is
-/// validated and committed on its own, so one bad file does not fail the others: the answer
-/// is 201 when all are stored, 207 with a result per file when some are, and the first
-/// failure's status when none are.
+/// `public` apply to the file parts after them; `key` to the next file part only. The request
+/// is admitted (size, quota) before its body is read and bounded while it is read (see
+/// `multipart`); each file is validated on its own, so one bad file does not fail the others:
+/// the answer is 201 when all are stored, 207 with a result per file when some are, and the
+/// first failure's status when none are.
 pub async fn upload(
     State(state): State<AppState>,
     User(user): User,
     headers: HeaderMap,
-    multipart: Result<Multipart, MultipartRejection>,
+    body: Body,
 ) -> ApiResult<Response> {
-    receive(state, user, headers, multipart, UploadKind::Files).await
-}
-
-/// What a multipart upload stores.
-#[derive(Clone)]
-pub(crate) enum UploadKind {
-    Files,
-    /// Images, probed before they commit, with their variants scheduled (`POST /api/images`;
-    /// the options come from form fields before the file parts).
-    #[cfg(feature = "media")]
-    Images(crate::media::ImageOptions),
-}
-
-/// A multipart upload: every file part is stored on its own, with a result per file.
-pub(crate) async fn receive(
-    state: AppState,
-    user: UserRecord,
-    headers: HeaderMap,
-    multipart: Result<Multipart, MultipartRejection>,
-    #[allow(unused_mut)] mut kind: UploadKind,
-) -> ApiResult<Response> {
-    let max = state.settings.uploads.max_upload.as_u64();
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if let Some(n) = declared
-        && n > max
-    {
-        return Err(Error::TooLarge {
-            limit: max,
-            what: format!("a request body of {n} bytes"),
-        }
-        .into());
-    }
-    let mut mp = multipart
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", e.body_text()))?;
-
-    let mut category: Option<String> = None;
-    let mut key: Option<String> = None;
-    let mut public = false;
-    let mut results: Vec<FileResult> = Vec::new();
-    let mut received: u64 = 0;
-    let mut malformed: Option<String> = None;
-    // The body stalled (server.body_idle_timeout): 408 instead of 400.
-    let mut timed_out = false;
-    let stall = state.settings.server.body_idle_timeout;
-    let cut = |timed_out: bool, message: String| {
-        if timed_out {
-            timeout_answer(format!(
-                "no byte of the upload arrived for {}; the file was not stored",
-                humantime::format_duration(stall)
-            ))
-        } else {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_multipart", message)
-        }
-    };
-
-    loop {
-        let mut field = match mp.next_field().await {
-            Ok(Some(f)) => f,
-            Ok(None) => break,
-            Err(e) => {
-                timed_out |= is_body_timeout(&e);
-                malformed = Some(e.body_text());
-                break;
-            }
-        };
-        let field_name = field.name().unwrap_or_default().to_string();
-        let Some(file_name) = field.file_name().map(str::to_string) else {
-            let mut text = Vec::new();
-            loop {
-                match field.chunk().await {
-                    Ok(Some(b)) if text.len() + b.len() <= MAX_TEXT_FIELD => {
-                        text.extend_from_slice(&b)
-                    }
-                    Ok(Some(_)) => {
-                        return Err(ApiError::bad_request(format!(
-                            "form field {field_name:?} is longer than {MAX_TEXT_FIELD} bytes"
-                        )));
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        timed_out |= is_body_timeout(&e);
-                        malformed = Some(e.body_text());
-                        break;
-                    }
-                }
-            }
-            if malformed.is_some() {
-                break;
-            }
-            let text = String::from_utf8(text).map_err(|_| {
-                ApiError::bad_request(format!("form field {field_name:?} is not UTF-8"))
-            })?;
-            match field_name.as_str() {
-                "category" => category = Some(text.trim().to_string()).filter(|c| !c.is_empty()),
-                "key" => key = Some(text.trim().to_string()).filter(|k| !k.is_empty()),
-                "public" => public = parse_bool(&text)?,
-                #[cfg(feature = "media")]
-                other if matches!(kind, UploadKind::Images(_)) => {
-                    if let UploadKind::Images(options) = &mut kind {
-                        super::images::option_field(options, other, &text)?;
-                    }
-                }
-                _ => {} // Unknown fields are ignored, as browsers send submit buttons and such.
-            }
-            continue;
-        };
-
-        // A browser says octet-stream when it does not know: that is no declaration at all.
-        let mime = field
-            .content_type()
-            .map(str::to_string)
-            .filter(|m| m != "application/octet-stream");
-        // A part may declare its own length: then the quota is reserved before its bytes.
-        let declared_size = field
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-        // A client's put: the server decides the category, and its size limit applies.
-        let opts = PutOptions {
-            declared_size,
-            key: key.take(),
-            name: Some(file_name.clone()),
-            category: category.clone(),
-            mime,
-            public,
-            ..PutOptions::client(&user.name)
-        };
-        let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(QUEUE);
-        let store = state.store.clone();
-        let this = kind.clone();
-        let job = tokio::task::spawn_blocking(move || match this {
-            UploadKind::Files => store.put(ChannelReader::new(rx), &opts),
-            #[cfg(feature = "media")]
-            UploadKind::Images(options) => store.put_image(ChannelReader::new(rx), &opts, &options),
-        });
-
-        let mut over_limit = false;
-        loop {
-            match field.chunk().await {
-                Ok(Some(b)) => {
-                    received += b.len() as u64;
-                    if received > max {
-                        over_limit = true;
-                        let _ = tx
-                            .send(Err(io::Error::other("upload over the limit")))
-                            .await;
-                        break;
-                    }
-                    if tx.send(Ok(b)).await.is_err() {
-                        break; // The put ended early (rejected); its error says why.
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    // A cut or garbled body: the put must fail, never commit a prefix.
-                    let _ = tx.send(Err(io::Error::other(e.to_string()))).await;
-                    timed_out |= is_body_timeout(&e);
-                    malformed = Some(e.body_text());
-                    break;
-                }
-            }
-        }
-        drop(tx);
-        let outcome = job.await.map_err(|e| Error::Io {
-            context: "the upload worker".into(),
-            source: io::Error::other(e.to_string()),
-        });
-        let result = match outcome.and_then(|r| r) {
-            Ok(report) => {
-                metrics::upload_done(report.file.size);
-                FileResult {
-                    name: Some(file_name),
-                    ok: true,
-                    file: Some(report.file),
-                    error: None,
-                    message: None,
-                    signature: None,
-                    quota: None,
-                    request_id: None,
-                    status: StatusCode::CREATED,
-                }
-            }
-            Err(_) if over_limit => FileResult::failed(
-                Some(file_name),
-                Error::TooLarge {
-                    limit: max,
-                    what: "the upload".into(),
-                }
-                .into(),
-            ),
-            Err(_) if malformed.is_some() => FileResult::failed(
-                Some(file_name),
-                cut(timed_out, malformed.clone().unwrap_or_default()),
-            ),
-            Err(e) => FileResult::failed(Some(file_name), e.into()),
-        };
-        results.push(result);
-        if over_limit || malformed.is_some() {
-            break;
-        }
-    }
-
-    if results.is_empty() {
-        return Err(match malformed {
-            Some(m) => cut(timed_out, m),
-            None => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "no_files",
-                "the multipart body holds no file part",
-            ),
-        });
-    }
-    let stored = results.iter().filter(|r| r.ok).count();
-    let (status, body) = if stored == results.len() {
-        (StatusCode::CREATED, json!({ "files": results }))
-    } else if stored > 0 {
-        (StatusCode::MULTI_STATUS, json!({ "files": results }))
-    } else {
-        let first = results.iter().find(|r| !r.ok).expect("a failure");
-        let mut body = json!({ "error": first.error, "message": first.message });
-        if let Some(sig) = &first.signature {
-            body["signature"] = json!(sig);
-        }
-        if let Some(id) = &first.request_id {
-            body["request_id"] = json!(id);
-        }
-        if let Some(q) = &first.quota
-            && let (Some(obj), serde_json::Value::Object(fig)) = (body.as_object_mut(), json!(q))
-        {
-            obj.extend(fig);
-        }
-        body["files"] = json!(results);
-        (first.status, body)
-    };
-    Ok((status, Json(body)).into_response())
+    multipart::receive(state, user, headers, body, UploadKind::Files).await
 }
 
 #[derive(Deserialize, Default)]

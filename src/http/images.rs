@@ -1,9 +1,9 @@
 //! Image endpoints (feature `media`): `POST /api/images` (the multipart upload of
-//! `files::receive`, storing through `Store::put_image`, with the variant options as form
+//! `multipart::receive`, storing through `Store::put_image`, with the variant options as form
 //! fields) and `GET /api/images/{id}/variants` (processing status and a signed link per
 //! variant; signed links to variants answer `Cache-Control: private, max-age=…, immutable`).
 
-use axum::extract::multipart::{Multipart, MultipartRejection};
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -14,7 +14,8 @@ use serde_json::json;
 use super::AppState;
 use super::auth::{Subject, User, can_write};
 use super::error::{ApiError, ApiResult};
-use super::files::{self, UploadKind};
+use super::files;
+use super::multipart::{self, UploadKind};
 use super::sharing::sign;
 use crate::media::ImageOptions;
 
@@ -66,10 +67,10 @@ async fn upload(
     State(state): State<AppState>,
     User(user): User,
     headers: HeaderMap,
-    multipart: Result<Multipart, MultipartRejection>,
+    body: Body,
 ) -> ApiResult<Response> {
     let kind = UploadKind::Images(ImageOptions::default());
-    files::receive(state, user, headers, multipart, kind).await
+    multipart::receive(state, user, headers, body, kind).await
 }
 
 /// `GET /api/images/{id}/variants`: the current version's processing status and its

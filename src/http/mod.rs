@@ -15,12 +15,14 @@ mod download;
 pub mod error;
 pub mod fdlimit;
 mod files;
+mod form;
 #[cfg(feature = "media")]
 mod images;
 pub mod links;
 mod listen;
 pub mod maintenance;
 mod metrics;
+mod multipart;
 mod quota;
 mod sharing;
 pub mod tus;

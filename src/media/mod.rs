@@ -152,6 +152,24 @@ impl Inspect for Intake<'_> {
     }
 }
 
+impl crate::batch::Batch<'_> {
+    /// Stages an image put, as [`Store::put_image`] stores one; its variants are scheduled
+    /// once the batch commits.
+    pub fn put_image(
+        &mut self,
+        source: impl std::io::Read,
+        opts: &PutOptions,
+        options: &ImageOptions,
+    ) -> bool {
+        let store = self.store();
+        let intake = Intake {
+            config: &store.inner.config.media,
+            options,
+        };
+        self.stage(source, opts, Some(&intake))
+    }
+}
+
 impl Store {
     /// Stores an image and schedules its variants. Like [`Store::put`], plus: the image is
     /// decoded under the `media` limits before anything commits (a bomb, a truncated or
@@ -168,7 +186,7 @@ impl Store {
             config: &self.inner.config.media,
             options,
         };
-        let report = self.put_inspected(source, opts, None, Some(&intake))?;
+        let report = self.put_inspected(source, opts, crate::quota::Backing::Own, Some(&intake))?;
         self.inner
             .media
             .notify((report.file.id, report.file.version));

@@ -996,3 +996,59 @@ fn verify_checks_the_counters_and_old_indexes_get_them() {
     assert_eq!(store.quota_status("alice").unwrap().used, 50_000);
     assert!(store.verify(&()).unwrap().is_ok());
 }
+
+/// `Store::batch_reserving`: a request's declared length is reserved before any content (the
+/// whole of it, or at least the length less its overhead, or a refusal); the batch's puts
+/// draw on it in turn; nothing is visible before the commit, and a dropped batch stores
+/// nothing and gives everything back.
+#[test]
+fn a_batch_reserves_up_front_and_commits_whole_or_not_at_all() {
+    let (_tmp, store, _clock) = clocked();
+    user(&store, "u", Some(3_000_000), None, None);
+    const SLACK: u64 = 262_144;
+
+    let mut b = store.batch_reserving("u", Some(2_500_000), SLACK).unwrap();
+    assert_eq!(b.reserved_up_front(), 2_500_000);
+    assert_eq!(store.quota_reservations().by_owner["u"], 2_500_000);
+    // Another request: not even its least content (1,000,000 - 256 KiB) fits beside it.
+    let refused = store
+        .batch_reserving("u", Some(1_000_000), SLACK)
+        .err()
+        .unwrap();
+    assert!(matches!(refused, Error::QuotaExceeded(_)), "{refused}");
+    // A borderline one (600,000 does not fit, 600,000 - 256 KiB does): the lower bound.
+    let border = store.batch_reserving("u", Some(600_000), SLACK).unwrap();
+    assert_eq!(border.reserved_up_front(), 600_000 - SLACK);
+    drop(border);
+
+    assert!(b.put(&random_bytes(1, 1_000_000)[..], &opts("u", "a.bin", None)));
+    assert!(b.put(&random_bytes(2, 1_200_000)[..], &opts("u", "b.bin", None)));
+    // Drew on the request's reservation: nothing grew.
+    assert_eq!(store.quota_reservations().by_owner["u"], 2_500_000);
+    assert_eq!(stored_bytes(&store, "u"), 0, "staged puts are not visible");
+    drop(b);
+    assert_eq!(stored_bytes(&store, "u"), 0);
+    assert_eq!(store.stats().unwrap().files, 0);
+    no_reservations(&store);
+
+    let mut b = store.batch_reserving("u", Some(2_500_000), SLACK).unwrap();
+    assert!(b.put(&random_bytes(1, 1_000_000)[..], &opts("u", "a.bin", None)));
+    assert!(b.put(&random_bytes(2, 1_200_000)[..], &opts("u", "b.bin", None)));
+    // A type the policy refuses fails alone.
+    assert!(!b.put(&b"MZ\x90\x00"[..], &opts("u", "c.jpg", None)));
+    let results = b.commit();
+    assert_eq!(results.len(), 3);
+    assert!(results[0].is_ok() && results[1].is_ok() && results[2].is_err());
+    assert_eq!(stored_bytes(&store, "u"), 2_200_000);
+    no_reservations(&store);
+
+    // No declared length: the reservation grows with the content, and stops at the limit.
+    let mut b = store.batch_reserving("u", None, SLACK).unwrap();
+    assert_eq!(b.reserved_up_front(), 0);
+    assert!(b.put(&random_bytes(3, 500_000)[..], &opts("u", "d.bin", None)));
+    assert!(!b.put(&random_bytes(4, 500_000)[..], &opts("u", "e.bin", None)));
+    let results = b.commit();
+    assert!(matches!(results[1], Err(Error::QuotaExceeded(_))));
+    assert_eq!(stored_bytes(&store, "u"), 2_700_000);
+    no_reservations(&store);
+}

@@ -8,5 +8,8 @@ mod categories;
 mod connections;
 mod internals;
 mod links;
+mod multipart;
+mod quota_race;
 mod tus_flood;
 mod visibility;
+mod wire;
